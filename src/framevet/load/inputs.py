@@ -1,0 +1,61 @@
+"""Turn a path on the command line into the ELF images it holds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from framevet.errors import InputError
+from framevet.load.archive import is_archive, iter_members
+from framevet.load.elf import ElfObject, parse_elf
+
+ASM_SUFFIXES = (".S", ".s", ".sx", ".asm")
+
+
+@dataclass
+class LoadedObject:
+    """An ELF image plus where it came from (and, for assembly input, its line table)."""
+
+    elf: ElfObject
+    display: str
+    #: for assembled sources: (section name, offset) -> (source path, line)
+    lines: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+
+    def source_of(self, section: str, offset: int) -> tuple[str, int] | None:
+        return self.lines.get((section, offset))
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory") from None
+    except OSError as exc:
+        raise InputError(path, exc.strerror or str(exc)) from None
+
+
+def load_path(path: str, cflags: list[str] | None = None) -> list[LoadedObject]:
+    """Every ELF image in ``path``: one for an object, one per member for an archive."""
+    if path.endswith(ASM_SUFFIXES):
+        from framevet.load.asm import assemble
+
+        return [assemble(path, cflags or [])]
+    data = read_file(path)
+    if is_archive(data):
+        out = []
+        for name, body in iter_members(data, path):
+            display = f"{path}({name})"
+            if not body.startswith(b"\x7fELF"):
+                continue
+            out.append(LoadedObject(parse_elf(body, display), display))
+        if not out:
+            raise InputError(path, "archive holds no ELF objects")
+        return out
+    return [LoadedObject(parse_elf(data, path), path)]
+
+
+def display_name(path: str) -> str:
+    return os.path.normpath(path)
