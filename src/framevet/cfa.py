@@ -1,0 +1,638 @@
+"""Stack state per instruction: objtool 6.1's CFA walk, over integers.
+
+The state is one flat ``list[int]`` (layout below) copied only at branches;
+the state recorded for an instruction is an interned tuple, shared by every
+instruction until the next stack operation.  The walk is objtool's depth-first
+``validate_branch`` turned into an explicit stack (deep functions would blow
+Python's recursion limit) that visits paths in the same order, so the first
+warning of a function -- which ends its walk, as in objtool -- is the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framevet import decode as d
+from framevet.cfg import Program, is_noreturn, is_sibling_call
+from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
+
+# CFI bases besides hardware registers 0..15
+UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4
+RA = 16
+NREGS = 17
+
+# state layout
+CFA_BASE, CFA_OFF, STACK, DRAP, DRAP_REG, DRAP_OFF, BP_SCRATCH, TYPE, END = range(9)
+UACCESS, UACCESS_STACK, DF = 9, 10, 11
+REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
+VALS = REGS + 2 * NREGS
+STATE_LEN = VALS + 2 * NREGS
+CFI_FIELDS = list(range(0, 9)) + list(range(REGS, STATE_LEN))
+
+# hint / ORC types
+T_CALL, T_REGS, T_REGS_PARTIAL, T_FUNC, T_ENTRY, T_SAVE, T_RESTORE = range(7)
+
+CALLEE_SAVED = frozenset({d.BX, d.BP, d.R12, d.R13, d.R14, d.R15})
+
+
+def blank_state() -> list[int]:
+    s = [0] * STATE_LEN
+    s[CFA_BASE] = UNDEFINED
+    s[DRAP_REG] = UNDEFINED
+    s[DRAP_OFF] = -1
+    for r in range(NREGS):
+        s[REGS + 2 * r] = UNDEFINED
+        s[VALS + 2 * r] = UNDEFINED
+    return s
+
+
+def func_entry_state() -> list[int]:
+    s = blank_state()
+    s[CFA_BASE] = d.SP
+    s[CFA_OFF] = 8
+    s[REGS + 2 * RA] = CFA
+    s[REGS + 2 * RA + 1] = -8
+    s[STACK] = 8
+    return s
+
+
+_ENTRY = func_entry_state()
+INITIAL_REGS = tuple(_ENTRY[REGS:VALS])
+
+
+@dataclass(slots=True)
+class Warning:
+    gid: int          # -1: no location (objtool's plain WARN)
+    rule: str
+    message: str
+
+
+@dataclass
+class WalkOptions:
+    stackval: bool = False
+    uaccess: bool = False
+    noinstr: bool = False
+    #: report every warning of a function instead of stopping at the first
+    all_warnings: bool = False
+
+
+@dataclass
+class WalkResult:
+    #: per gid: the interned CFI tuple (see CFI_FIELDS), or None when never reached
+    cfi: list[tuple[int, ...] | None]
+    warnings: list[Warning] = field(default_factory=list)
+    visited: bytearray = field(default_factory=bytearray)
+
+
+class _Abort(Exception):
+    pass
+
+
+class Walker:
+    def __init__(self, prog: Program, opts: WalkOptions | None = None,
+                 hints: dict[int, tuple[int, ...]] | None = None,
+                 save_insns: set[int] | None = None,
+                 restore_insns: set[int] | None = None) -> None:
+        self.prog = prog
+        self.opts = opts or WalkOptions()
+        n = len(prog.off)
+        self.cfi: list[tuple[int, ...] | None] = [None] * n
+        self.visited = bytearray(n)
+        self.warnings: list[Warning] = []
+        self.intern: dict[tuple[int, ...], tuple[int, ...]] = {}
+        #: gid -> hint cfi (full state tuple) from unwind hints
+        self.hints = hints or {}
+        self.save_insns: set[int] = set(save_insns or ())
+        self.restore_insns: set[int] = set(restore_insns or ())
+        self.c_file = prog.elf.relocatable and prog.elf.section(".comment") is not None
+
+    # -- reporting -------------------------------------------------------
+    def warn(self, g: int, rule: str, msg: str) -> None:
+        self.warnings.append(Warning(g, rule, msg))
+        raise _Abort
+
+    # -- driver ------------------------------------------------------------
+    def run(self) -> WalkResult:
+        prog = self.prog
+        for g in sorted(set(self.hints) | self.restore_insns):
+            if not self.visited[g]:
+                self._walk_from(prog.func[g], g, blank_state(), hint_start=True)
+        order = sorted(range(len(prog.functions)),
+                       key=lambda i: (prog.functions[i].sec, prog.functions[i].start,
+                                      prog.functions[i].sym.index))
+        for fi in order:
+            f = prog.functions[fi]
+            if not f.canonical or f.parent != fi:
+                continue
+            if not f.sym.size:
+                self.warnings.append(Warning(-1, "missing-elf-size",
+                                             f"{f.name}() is missing an ELF size annotation"))
+                continue
+            g = prog.gid(f.sec, f.start)
+            if g < 0 or self.visited[g]:
+                continue
+            st = func_entry_state()
+            if self.opts.uaccess and self._uaccess_safe(fi):
+                st[UACCESS] = 1
+            self._walk_from(fi, g, st)
+        self._vm_resume_points()
+        return WalkResult(self.cfi, self.warnings, self.visited)
+
+    def _vm_resume_points(self) -> None:
+        """After VMLAUNCH/VMRESUME succeeds, the CPU comes back at the VMCS host RIP: a
+        global label further down the same function (KVM's ``vmx_vmexit``), with the
+        stack as it was at the VM entry.  objtool needs UNWIND_HINT_SAVE/RESTORE for
+        this; a linked module has lost them, so the pair is inferred."""
+        prog = self.prog
+        labels: dict[int, list[int]] = {}
+        for s in prog.elf.symbols:
+            if s.type == STT_NOTYPE and s.bind == STB_GLOBAL and s.defined:
+                g = prog.gid(s.shndx, s.offset)
+                if g >= 0 and prog.func[g] >= 0:
+                    labels.setdefault(prog.func[g], []).append(g)
+        if not labels:
+            return
+        for ds in prog.sections:
+            for i in ds.vm_entries:
+                g = prog.base[ds.index] + i
+                fi, c = prog.func[g], self.cfi[g]
+                if c is None or fi not in labels:
+                    continue
+                for lg in sorted(labels[fi]):
+                    if lg > g and not self.visited[lg]:
+                        st = blank_state()
+                        _load_cfi(st, c)
+                        self._walk_from(fi, lg, st)
+
+    def _walk_from(self, func: int, g: int, state: list[int], hint_start: bool = False) -> None:
+        try:
+            self._walk(func, g, state)
+        except _Abort:
+            pass
+
+    # -- the walk ----------------------------------------------------------
+    def _snap(self, state: list[int]) -> tuple[int, ...]:
+        key = tuple(state[0:9]) + tuple(state[REGS:STATE_LEN])
+        return self.intern.setdefault(key, key)
+
+    def _walk(self, func: int, start: int, state0: list[int]) -> None:
+        prog = self.prog
+        kind, ops_l, jump_dest, call_dest = prog.kind, prog.ops, prog.jump_dest, prog.call_dest
+        alts_map, alt_group, groups = prog.alts, prog.alt_group, prog.groups
+        visited, cfi_l, funcs, pfunc = self.visited, self.cfi, prog.func, prog.functions
+        dead_end, ignore_alts = prog.dead_end, prog.ignore_alts
+        hints, restores = self.hints, self.restore_insns
+        stack: list[tuple[int, list[int], int]] = [(start, state0, 0)]
+        while stack:
+            g, state, phase = stack.pop()
+            snap: tuple[int, ...] | None = None
+            if g < 0:
+                # the virtual NOP standing for an empty replacement
+                grp = groups[-1 - g]
+                self._propagate(groups, -1 - g, 0, self._snap(state), prog.groups[grp.orig].first)
+                g = prog.next_same_sec(groups[grp.orig].last)
+                if g < 0:
+                    continue
+            while True:
+                if phase == 0:
+                    fg = funcs[g]
+                    if (self.c_file and func >= 0 and fg >= 0
+                            and func != pfunc[fg].parent):
+                        self.warn(-1, "falls-through-to-next-function",
+                                  f"{pfunc[func].name}() falls through to next function "
+                                  f"{pfunc[fg].name}()")
+                    vbit = 1 << state[UACCESS]
+                    v = visited[g]
+                    is_hint = g in hints or g in restores
+                    if v & 3:
+                        if not is_hint and not self._cfi_match(g, state):
+                            return
+                        if v & vbit:
+                            break
+                    if is_hint:
+                        h = self._restore(func, g) if g in restores else hints[g]
+                        _load_cfi(state, h)
+                        cfi_l[g] = h
+                        snap = h
+                    else:
+                        if snap is None:
+                            snap = self._snap(state)
+                        cfi_l[g] = snap
+                    visited[g] = v | vbit
+                    grp = alt_group.get(g)
+                    if grp is not None:
+                        self._propagate(groups, grp, prog.off[g] - prog.off[groups[grp].first],
+                                        cfi_l[g], g)  # type: ignore[arg-type]
+                    alts = alts_map.get(g)
+                    if alts and not ignore_alts[g]:
+                        skip_orig = any(so for _, so in alts)
+                        if not skip_orig:
+                            stack.append((g, list(state), 1))
+                        for ag, _ in reversed(alts):
+                            stack.append((ag, list(state), 0))
+                        break
+                if phase == 2:
+                    phase = 0
+                    if dead_end[g]:
+                        break
+                    nxt = self._next(g, state)
+                    if nxt < 0:
+                        if state[CFA_BASE] == UNDEFINED:
+                            break
+                        self.warn(-1, "unexpected-end-of-section",
+                                  f"{prog.section_name(prog.sec_of[g])}: unexpected end of section")
+                    g = nxt
+                    continue
+                phase = 0
+                k = kind[g]
+                ops = ops_l[g]
+                if ops is not None:
+                    for op in ops:
+                        self._update(g, state, op)
+                    snap = None
+                if k == d.RETURN:
+                    self._validate_return(func, g, state)
+                    break
+                if k == d.CALL or k == d.CALL_DYNAMIC:
+                    self._validate_call(g, state)
+                    if (self.opts.stackval and func >= 0 and not self._fentry(g)
+                            and not _valid_frame(state)):
+                        self.warn(g, "call-without-frame-pointer",
+                                  "call without frame pointer save/setup")
+                    if k == d.CALL and is_noreturn(prog, call_dest[g]):
+                        break
+                elif k == d.JUMP_COND or k == d.JUMP_UNCOND:
+                    if is_sibling_call(prog, g):
+                        self._validate_sibling(g, state)
+                    elif jump_dest[g] >= 0:
+                        if k == d.JUMP_COND:
+                            stack.append((g, list(state), 2))
+                        g = jump_dest[g]
+                        continue
+                    if k == d.JUMP_UNCOND:
+                        break
+                elif k == d.JUMP_DYNAMIC or k == d.JUMP_DYNAMIC_COND:
+                    if is_sibling_call(prog, g):
+                        self._validate_sibling(g, state)
+                    if k == d.JUMP_DYNAMIC:
+                        break
+                elif k == d.CONTEXT_SWITCH:
+                    if func >= 0 and not self._next_is_hint(g):
+                        self.warn(g, "unsupported-instruction-in-callable",
+                                  "unsupported instruction in callable function")
+                    break
+                elif k == d.STAC or k == d.CLAC or k == d.STD or k == d.CLD:
+                    self._flag_insn(func, g, k, state)
+                if dead_end[g]:
+                    break
+                nxt = self._next(g, state)
+                if nxt < 0:
+                    if state[CFA_BASE] == UNDEFINED:
+                        break
+                    self.warn(-1, "unexpected-end-of-section",
+                              f"{prog.section_name(prog.sec_of[g])}: unexpected end of section")
+                g = nxt
+
+    def _next(self, g: int, state: list[int]) -> int:
+        """objtool's next_insn_to_validate(): replacements flow back after the original."""
+        prog = self.prog
+        grp = prog.alt_group.get(g)
+        if grp is not None:
+            ag = prog.groups[grp]
+            if ag.orig >= 0 and g == ag.last:
+                og = prog.groups[ag.orig]
+                if ag.size < og.size:
+                    self._propagate(prog.groups, grp, ag.size, self._snap(state), g)
+                return prog.next_same_sec(og.last)
+        return prog.next_same_sec(g)
+
+    def _propagate(self, groups: list, grp: int, off: int, cfi: tuple[int, ...], g: int) -> None:
+        arr = groups[grp].cfi
+        if off >= len(arr):
+            return
+        cur = arr[off]
+        if cur is None:
+            arr[off] = cfi
+        elif cur != cfi:
+            self.warn(g, "stack-layout-conflict-in-alternatives",
+                      "stack layout conflict in alternatives")
+
+    def _restore(self, func: int, g: int) -> tuple[int, ...]:
+        prog = self.prog
+        i = g - 1
+        while i >= 0 and prog.func[i] == func and prog.sec_of[i] == prog.sec_of[g]:
+            if i in self.save_insns:
+                c = self.cfi[i]
+                if c is None:
+                    self.warn(g, "cfi-save-restore-unsupported",
+                              "objtool isn't smart enough to handle this CFI save/restore combo")
+                assert c is not None
+                return c
+            i -= 1
+        self.warn(g, "no-cfi-save-for-restore", "no corresponding CFI save for CFI restore")
+        raise AssertionError
+
+    def _next_is_hint(self, g: int) -> bool:
+        n = self.prog.next_same_sec(g)
+        return n >= 0 and n in self.hints
+
+    def _fentry(self, g: int) -> bool:
+        cd = self.prog.call_dest[g]
+        return cd is not None and cd.name in ("__fentry__", "mcount", "__mcount")
+
+    # -- checks --------------------------------------------------------------
+    def _cfi_match(self, g: int, state: list[int]) -> bool:
+        c1 = self.cfi[g]
+        if c1 is None:
+            self.warn(-1, "cfi-missing", "CFI missing")
+            return False
+        if c1[CFA_BASE] != state[CFA_BASE] or c1[CFA_OFF] != state[CFA_OFF]:
+            self.warn(g, "stack-state-mismatch",
+                      f"stack state mismatch: cfa1={c1[CFA_BASE]}{c1[CFA_OFF]:+d} "
+                      f"cfa2={state[CFA_BASE]}{state[CFA_OFF]:+d}")
+        regs2 = state[REGS:VALS]
+        if tuple(regs2) != c1[9:9 + 2 * NREGS]:
+            for r in range(NREGS):
+                b1, o1 = c1[9 + 2 * r], c1[10 + 2 * r]
+                b2, o2 = regs2[2 * r], regs2[2 * r + 1]
+                if b1 != b2 or o1 != o2:
+                    self.warn(g, "stack-state-mismatch",
+                              f"stack state mismatch: reg1[{r}]={b1}{o1:+d} "
+                              f"reg2[{r}]={b2}{o2:+d}")
+        if c1[TYPE] != state[TYPE]:
+            self.warn(g, "stack-state-mismatch",
+                      f"stack state mismatch: type1={c1[TYPE]} type2={state[TYPE]}")
+        if (c1[DRAP] != state[DRAP] or (c1[DRAP] and c1[DRAP_REG] != state[DRAP_REG])
+                or (c1[DRAP] and c1[DRAP_OFF] != state[DRAP_OFF])):
+            self.warn(g, "stack-state-mismatch",
+                      f"stack state mismatch: drap1={c1[DRAP]}({c1[DRAP_REG]},{c1[DRAP_OFF]}) "
+                      f"drap2={state[DRAP]}({state[DRAP_REG]},{state[DRAP_OFF]})")
+        return True
+
+    def _validate_return(self, func: int, g: int, state: list[int]) -> None:
+        if self.opts.uaccess:
+            safe = self._uaccess_safe(func)
+            if state[UACCESS] and not safe:
+                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled")
+            if not state[UACCESS] and safe:
+                self.warn(g, "return-with-uaccess-disabled",
+                          "return with UACCESS disabled from a UACCESS-safe function")
+        if state[DF]:
+            self.warn(g, "return-with-df-set", "return with DF set")
+        if func >= 0 and _modified_frame(state):
+            self.warn(g, "return-modified-frame", "return with modified stack frame")
+        if state[BP_SCRATCH]:
+            self.warn(g, "bp-used-as-scratch", "BP used as a scratch register")
+
+    def _validate_call(self, g: int, state: list[int]) -> None:
+        cd = self.prog.call_dest[g]
+        name = cd.name if cd is not None else "{dynamic}"
+        if self.opts.uaccess and state[UACCESS] and not self._uaccess_safe_sym(name):
+            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled")
+        if state[DF]:
+            self.warn(g, "call-with-df-set", f"call to {name}() with DF set")
+
+    def _validate_sibling(self, g: int, state: list[int]) -> None:
+        if _modified_frame(state):
+            self.warn(g, "sibling-call-modified-frame",
+                      "sibling call from callable instruction with modified stack frame")
+        self._validate_call(g, state)
+
+    def _uaccess_safe(self, func: int) -> bool:
+        return func >= 0 and self._uaccess_safe_sym(self.prog.functions[func].name)
+
+    def _uaccess_safe_sym(self, name: str) -> bool:
+        from framevet.uaccess import UACCESS_SAFE
+        return name in UACCESS_SAFE
+
+    def _flag_insn(self, func: int, g: int, k: int, state: list[int]) -> None:
+        if k == d.STD:
+            if state[DF]:
+                self.warn(g, "recursive-std", "recursive STD")
+            state[DF] = 1
+        elif k == d.CLD:
+            if not state[DF] and func >= 0:
+                self.warn(g, "redundant-cld", "redundant CLD")
+            state[DF] = 0
+        elif not self.opts.uaccess:
+            return
+        elif k == d.STAC:
+            if state[UACCESS]:
+                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable")
+            state[UACCESS] = 1
+        else:
+            if not state[UACCESS] and func >= 0:
+                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable")
+            if self._uaccess_safe(func) and not state[UACCESS_STACK]:
+                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS")
+            state[UACCESS] = 0
+
+    # -- the stack model (objtool's update_cfi_state) -----------------------
+    def _update(self, g: int, s: list[int], op: d.StackOp) -> None:
+        dtype, dreg, doff, stype, sreg, soff = op
+        if s[CFA_BASE] == UNDEFINED:
+            if self.prog.func[g] >= 0:
+                self.warn(g, "undefined-stack-state", "undefined stack state")
+            return
+        if s[TYPE] == T_REGS or s[TYPE] == T_REGS_PARTIAL:
+            _update_regs_hint(s, op)
+            return
+        if dtype == d.D_REG:
+            if stype == d.S_REG:
+                self._mov_reg(g, s, dreg, sreg)
+            elif stype == d.S_ADD:
+                self._add(g, s, dreg, sreg, soff)
+            elif stype == d.S_AND:
+                if (dreg != d.SP or (s[DRAP_REG] != UNDEFINED and s[CFA_BASE] != d.SP)
+                        or (s[DRAP_REG] == UNDEFINED and s[CFA_BASE] != d.BP)):
+                    self.warn(g, "unsupported-stack-pointer-realignment",
+                              "unsupported stack pointer realignment")
+                if s[DRAP_REG] != UNDEFINED:
+                    s[CFA_BASE] = s[DRAP_REG]
+                    s[CFA_OFF] = s[STACK] = 0
+                    s[DRAP] = 1
+            elif stype == d.S_POP or stype == d.S_POPF:
+                self._pop(s, dreg)
+            elif stype == d.S_REG_INDIRECT:
+                self._load(s, dreg, sreg, soff)
+            else:
+                self.warn(g, "unknown-stack-related-instruction",
+                          "unknown stack-related instruction")
+        elif dtype == d.D_PUSH or dtype == d.D_PUSHF:
+            s[STACK] += 8
+            if s[CFA_BASE] == d.SP:
+                s[CFA_OFF] += 8
+            if stype != d.S_REG:
+                return
+            if s[DRAP]:
+                if sreg == s[CFA_BASE] and sreg == s[DRAP_REG]:
+                    s[CFA_BASE] = BP_INDIRECT
+                    s[CFA_OFF] = -s[STACK]
+                    s[DRAP_OFF] = -s[STACK]
+                elif sreg == d.BP and s[CFA_BASE] == s[DRAP_REG]:
+                    s[STACK] = 0
+                else:
+                    _save_reg(s, sreg, d.BP, -s[STACK])
+            else:
+                _save_reg(s, sreg, CFA, -s[STACK])
+            if (self.opts.stackval and self.prog.func[g] >= 0 and sreg == d.BP
+                    and s[CFA_BASE] != d.BP):
+                s[BP_SCRATCH] = 1
+        elif dtype == d.D_REG_INDIRECT:
+            if s[DRAP]:
+                if sreg == s[CFA_BASE] and sreg == s[DRAP_REG]:
+                    s[CFA_BASE] = BP_INDIRECT
+                    s[CFA_OFF] = doff
+                    s[DRAP_OFF] = doff
+                else:
+                    _save_reg(s, sreg, d.BP, doff)
+            elif dreg == s[CFA_BASE]:
+                _save_reg(s, sreg, CFA, doff - s[CFA_OFF])
+            elif dreg == d.SP:
+                _save_reg(s, sreg, CFA, doff - s[STACK])
+            elif sreg == d.SP and doff == 0:
+                s[VALS + 2 * dreg] = SP_INDIRECT
+                s[VALS + 2 * dreg + 1] = s[CFA_OFF]
+        elif dtype == d.D_MEM:
+            if stype != d.S_POP and stype != d.S_POPF:
+                self.warn(g, "unknown-stack-memory-operation",
+                          "unknown stack-related memory operation")
+            s[STACK] -= 8
+            if s[CFA_BASE] == d.SP:
+                s[CFA_OFF] -= 8
+        else:
+            self.warn(g, "unknown-stack-related-instruction", "unknown stack-related instruction")
+
+    def _mov_reg(self, g: int, s: list[int], dreg: int, sreg: int) -> None:
+        if (sreg == d.SP and dreg == d.BP and s[CFA_BASE] == d.SP
+                and s[REGS + 2 * d.BP] == CFA and s[REGS + 2 * d.BP + 1] == -s[CFA_OFF]):
+            s[CFA_BASE] = d.BP                                   # mov %rsp, %rbp
+            s[BP_SCRATCH] = 0
+        elif sreg == d.SP and dreg == d.BP and s[DRAP]:
+            s[REGS + 2 * d.BP] = d.BP                            # drap: mov %rsp, %rbp
+            s[REGS + 2 * d.BP + 1] = -s[STACK]
+            s[BP_SCRATCH] = 0
+        elif sreg == d.SP and s[CFA_BASE] == d.SP:
+            s[VALS + 2 * dreg] = CFA                             # mov %rsp, %reg
+            s[VALS + 2 * dreg + 1] = -s[STACK]
+        elif (sreg == d.BP and dreg == d.SP
+              and (s[CFA_BASE] == d.BP or s[CFA_BASE] == s[DRAP_REG])):
+            s[STACK] = -s[REGS + 2 * d.BP + 1]                   # mov %rbp, %rsp
+        elif dreg == s[CFA_BASE]:
+            if s[CFA_BASE] == d.SP and s[VALS + 2 * sreg] == CFA:
+                s[CFA_OFF] = -s[VALS + 2 * sreg + 1]             # mov %reg, %rsp (saved rsp)
+                s[STACK] = s[CFA_OFF]
+            elif (s[CFA_BASE] == d.SP and s[VALS + 2 * sreg] == SP_INDIRECT
+                  and s[VALS + 2 * sreg + 1] == s[CFA_OFF]):
+                s[CFA_BASE] = SP_INDIRECT                        # stack swizzle
+            else:
+                s[CFA_BASE] = UNDEFINED
+                s[CFA_OFF] = 0
+        elif (dreg == d.SP and s[VALS + 2 * sreg] == SP_INDIRECT
+              and s[VALS + 2 * sreg + 1] == s[CFA_OFF]):
+            s[STACK] += 8
+
+    def _add(self, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> None:
+        if dreg == d.SP and sreg == d.SP:
+            s[STACK] -= soff                                      # add imm, %rsp
+            if s[CFA_BASE] == d.SP:
+                s[CFA_OFF] -= soff
+        elif dreg == d.SP and sreg == d.BP:
+            s[STACK] = -(soff + s[REGS + 2 * d.BP + 1])          # lea disp(%rbp), %rsp
+        elif (not s[DRAP] and sreg == d.SP and dreg == d.BP and s[CFA_BASE] == d.SP
+              and s[REGS + 2 * d.BP] == CFA
+              and s[REGS + 2 * d.BP + 1] == -s[CFA_OFF] + soff):
+            s[CFA_BASE] = d.BP                                   # lea disp(%rsp), %rbp
+            s[CFA_OFF] -= soff
+            s[BP_SCRATCH] = 0
+        elif sreg == d.SP and s[CFA_BASE] == d.SP:
+            s[DRAP_REG] = dreg                                   # drap: lea disp(%rsp), %drap
+            s[VALS + 2 * dreg] = CFA
+            s[VALS + 2 * dreg + 1] = -s[STACK] + soff
+        elif s[DRAP] and dreg == d.SP and sreg == s[DRAP_REG]:
+            s[CFA_BASE] = d.SP                                   # drap: lea disp(%drap), %rsp
+            s[CFA_OFF] = s[STACK] = -soff
+            s[DRAP_REG] = UNDEFINED
+            s[DRAP] = 0
+        elif dreg == s[CFA_BASE] and not self._next_is_hint(g):
+            self.warn(g, "unsupported-stack-register-modification",
+                      "unsupported stack register modification")
+
+    def _pop(self, s: list[int], dreg: int) -> None:
+        if dreg == d.SP and s[CFA_BASE] == SP_INDIRECT:
+            s[CFA_BASE] = d.SP                                   # pop %rsp (swizzle)
+            return
+        if not s[DRAP] and dreg == s[CFA_BASE]:
+            s[CFA_BASE] = d.SP                                   # pop %rbp
+        if (s[DRAP] and s[CFA_BASE] == BP_INDIRECT and dreg == s[DRAP_REG]
+                and s[DRAP_OFF] == -s[STACK]):
+            s[CFA_BASE] = s[DRAP_REG]                            # drap: pop %drap
+            s[CFA_OFF] = 0
+            s[DRAP_OFF] = -1
+        elif s[STACK] == -s[REGS + 2 * dreg + 1]:
+            _restore_reg(s, dreg)                                # pop %reg
+        s[STACK] -= 8
+        if s[CFA_BASE] == d.SP:
+            s[CFA_OFF] -= 8
+
+    def _load(self, s: list[int], dreg: int, sreg: int, soff: int) -> None:
+        if not s[DRAP] and dreg == s[CFA_BASE] and dreg == d.BP:
+            s[CFA_BASE] = d.SP                                   # mov disp(%rsp), %rbp
+            s[CFA_OFF] = s[STACK]
+        if s[DRAP] and sreg == d.BP and soff == s[DRAP_OFF]:
+            s[CFA_BASE] = s[DRAP_REG]                            # drap: mov disp(%rbp), %drap
+            s[CFA_OFF] = 0
+            s[DRAP_OFF] = -1
+        if s[DRAP] and sreg == d.BP and soff == s[REGS + 2 * dreg + 1]:
+            _restore_reg(s, dreg)
+        elif sreg == s[CFA_BASE] and soff == s[REGS + 2 * dreg + 1] + s[CFA_OFF]:
+            _restore_reg(s, dreg)
+        elif sreg == d.SP and soff == s[REGS + 2 * dreg + 1] + s[STACK]:
+            _restore_reg(s, dreg)
+
+
+def _save_reg(s: list[int], reg: int, base: int, off: int) -> None:
+    if reg in CALLEE_SAVED and s[REGS + 2 * reg] == UNDEFINED:
+        s[REGS + 2 * reg] = base
+        s[REGS + 2 * reg + 1] = off
+
+
+def _restore_reg(s: list[int], reg: int) -> None:
+    s[REGS + 2 * reg] = INITIAL_REGS[2 * reg]
+    s[REGS + 2 * reg + 1] = INITIAL_REGS[2 * reg + 1]
+
+
+def _update_regs_hint(s: list[int], op: d.StackOp) -> None:
+    if s[CFA_BASE] != d.SP and s[CFA_BASE] != SP_INDIRECT:
+        return
+    dtype, dreg, _, stype, sreg, soff = op
+    if dtype == d.D_PUSH or dtype == d.D_PUSHF:
+        s[CFA_OFF] += 8
+    if stype == d.S_POP or stype == d.S_POPF:
+        s[CFA_OFF] -= 8
+    if dtype == d.D_REG and stype == d.S_ADD and dreg == d.SP and sreg == d.SP:
+        s[CFA_OFF] -= soff
+
+
+def _modified_frame(s: list[int]) -> bool:
+    if s[CFA_BASE] != d.SP or s[DRAP] or s[CFA_OFF] != 8 or s[STACK] != 8:
+        return True
+    return tuple(s[REGS:VALS]) != INITIAL_REGS
+
+
+def _valid_frame(s: list[int]) -> bool:
+    if (s[CFA_BASE] == d.BP and s[REGS + 2 * d.BP] == CFA
+            and s[REGS + 2 * d.BP + 1] == -16):
+        return True
+    return bool(s[DRAP] and s[REGS + 2 * d.BP] == d.BP)
+
+
+def _load_cfi(state: list[int], cfi: tuple[int, ...]) -> None:
+    """Load an interned CFI tuple into a full state (keeping the insn-state fields)."""
+    state[0:9] = cfi[0:9]
+    state[REGS:STATE_LEN] = cfi[9:]
+
+
+def walk(prog: Program, opts: WalkOptions | None = None,
+         hints: dict[int, tuple[int, ...]] | None = None) -> WalkResult:
+    return Walker(prog, opts, hints).run()

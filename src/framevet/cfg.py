@@ -1,0 +1,678 @@
+"""Control flow: functions, branch and call destinations, alternatives, jump tables.
+
+All instructions of an object get one global number (``gid``); a section's
+instructions are contiguous.  Per-instruction facts live in parallel lists on
+:class:`Program`, so the CFA walk works on integers.
+
+What objtool learns from ``.discard.*`` annotations that a linked ``.ko`` no
+longer has is inferred here from what the link keeps:
+
+* WARN()'s ``ud2`` is reachable when ``__bug_table`` flags it BUGFLAG_WARNING;
+* a ``call`` to a local label (RSB stuffing) is an intra-function call: a jump
+  that keeps its push;
+* a ``.cold`` part's parent is looked up in the same source file first.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from framevet import decode as d
+from framevet.decode import DecodedSection, decode_section
+from framevet.load.elf import (
+    R_X86_64_PC32,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_SECTION,
+    ElfObject,
+    Reloc,
+    Symbol,
+)
+
+GLOBAL_NORETURNS = frozenset({
+    "__invalid_creds", "__module_put_and_kthread_exit", "__reiserfs_panic",
+    "__stack_chk_fail", "__ubsan_handle_builtin_unreachable", "cpu_bringup_and_idle",
+    "cpu_startup_entry", "do_exit", "do_group_exit", "do_task_dead", "ex_handler_msr_mce",
+    "fortify_panic", "kthread_complete_and_exit", "kthread_exit", "kunit_try_catch_throw",
+    "lbug_with_loc", "machine_real_restart", "make_task_dead", "panic",
+    "rewind_stack_and_make_dead", "sev_es_terminate", "snp_abort", "stop_this_cpu",
+    "usercopy_abort", "xen_start_kernel",
+})
+#: user-space functions that never return (profile user)
+USER_NORETURNS = frozenset({
+    "abort", "exit", "_exit", "_Exit", "__assert_fail", "__assert_perror_fail",
+    "__stack_chk_fail", "__chk_fail", "__fortify_fail", "__libc_fatal", "__libc_message",
+    "longjmp", "_longjmp", "siglongjmp", "__longjmp_chk", "pthread_exit", "__pthread_exit",
+    "quick_exit", "err", "errx", "verr", "verrx", "__cxa_throw", "__cxa_rethrow",
+    "_Unwind_Resume", "__libc_start_main", "__do_global_dtors_aux_noreturn",
+    "__libc_longjmp", "__sigjmp_save_noreturn", "_dl_signal_error", "_dl_fatal_printf",
+    "__malloc_assert", "malloc_printerr", "__libc_dynarray_at_failure",
+    "__fortify_fail_abort", "_dl_start_final_noreturn", "__run_exit_handlers",
+    "__libc_pthread_init_noreturn", "_dl_reloc_bad_type", "__GI_abort", "__GI_exit",
+    "__GI___assert_fail", "__GI___chk_fail", "__GI___fortify_fail", "__GI___libc_fatal",
+})
+SKIP_ORC_SECTIONS = (".altinstr_replacement", ".altinstr_aux")
+X86_FEATURE_POPCNT = 4 * 32 + 23
+X86_FEATURE_SMAP = 9 * 32 + 20
+BUGFLAG_WARNING = 1
+
+
+@dataclass
+class Function:
+    sym: Symbol
+    sec: int
+    start: int
+    end: int
+    name: str
+    #: index of the parent function for ``X.cold`` parts (itself otherwise)
+    parent: int = -1
+    #: index of the ``.cold`` child, if any
+    child: int = -1
+    #: canonical alias (objtool walks only the canonical one)
+    canonical: bool = True
+    file_group: int = 0
+
+
+@dataclass
+class AltGroup:
+    first: int
+    last: int
+    #: the original group for a replacement group (-1 for an original group)
+    orig: int = -1
+    size: int = 0
+    #: per byte offset: interned CFA state of the instruction starting there
+    cfi: list[object] = field(default_factory=list)
+
+
+@dataclass
+class Program:
+    """An object's instructions with everything the walk needs, as gid-indexed lists."""
+
+    elf: ElfObject
+    sections: list[DecodedSection]
+    base: dict[int, int]
+    sec_of: list[int]
+    off: list[int]
+    length: list[int]
+    kind: list[int]
+    ops: list[tuple[d.StackOp, ...] | None]
+    func: list[int]
+    jump_dest: list[int]
+    call_dest: list[Symbol | None]
+    dead_end: bytearray
+    alts: dict[int, list[tuple[int, bool]]]
+    ignore_alts: bytearray
+    alt_group: dict[int, int]
+    groups: list[AltGroup]
+    functions: list[Function]
+    jump_table_insn: set[int]
+    intra_calls: set[int]
+    retpoline: set[int]
+    notes: list[tuple[int, str]]
+    profile: str = "kernel"
+    ignore_unreachables: bool = False
+    secmap: dict[int, DecodedSection] = field(default_factory=dict)
+    noreturn_cache: dict[int, bool] = field(default_factory=dict)
+
+    def gid(self, sec: int, off: int) -> int:
+        ds = self.secmap.get(sec)
+        if ds is None:
+            return -1
+        i = ds.at.get(off)
+        return -1 if i is None else self.base[sec] + i
+
+    def next_same_sec(self, g: int) -> int:
+        n = g + 1
+        if n < len(self.off) and self.sec_of[n] == self.sec_of[g]:
+            return n
+        return -1
+
+    def prev_same_sec(self, g: int) -> int:
+        p = g - 1
+        if p >= 0 and self.sec_of[p] == self.sec_of[g]:
+            return p
+        return -1
+
+    def section_name(self, sec: int) -> str:
+        return self.elf.sections[sec].name
+
+    def func_insns(self, fi: int) -> list[int]:
+        """objtool's func_for_each_insn: the function, then its ``.cold`` part."""
+        out: list[int] = []
+        seen: set[int] = set()
+        while fi >= 0 and fi not in seen:
+            seen.add(fi)
+            f = self.functions[fi]
+            g = self.gid(f.sec, f.start)
+            while g >= 0 and self.func[g] == fi:
+                out.append(g)
+                g = self.next_same_sec(g)
+            fi = f.child if f.child != fi else -1
+        return out
+
+
+def build(elf: ElfObject, profile: str = "kernel") -> Program:
+    """Decode every executable section of ``elf`` and resolve its control flow."""
+    syms_by_sec = elf.symbols_by_section()
+    decoded: list[DecodedSection] = []
+    for sec in elf.sections:
+        if not sec.executable or sec.name.startswith(".discard.") or not sec.data:
+            continue
+        funcs = [s for s in syms_by_sec.get(sec.index, ()) if s.type == STT_FUNC]
+        decoded.append(decode_section(sec.index, sec.name, sec.data, _iret_probe(funcs)))
+
+    base: dict[int, int] = {}
+    sec_of: list[int] = []
+    off: list[int] = []
+    length: list[int] = []
+    kind: list[int] = []
+    ops: list[tuple[d.StackOp, ...] | None] = []
+    target: list[int] = []
+    for ds in decoded:
+        base[ds.index] = len(off)
+        sec_of.extend([ds.index] * len(ds))
+        off.extend(ds.off)
+        length.extend(ds.length)
+        kind.extend(ds.kind)
+        ops.extend(ds.ops)
+        target.extend(ds.target)
+    n = len(off)
+    prog = Program(elf, decoded, base, sec_of, off, length, kind, ops, [-1] * n, [-1] * n,
+                   [None] * n, bytearray(n), {}, bytearray(n), {}, [], [], set(), set(), set(),
+                   [], profile)
+    prog.secmap = {ds.index: ds for ds in decoded}
+    _functions(prog, syms_by_sec)
+    _special_sections(prog)
+    _jump_destinations(prog, target)
+    _call_destinations(prog, target)
+    _dead_ends(prog)
+    _jump_tables(prog)
+    return prog
+
+
+def _iret_probe(funcs: list[Symbol]) -> object:
+    spans = [(s.offset, s.offset + s.size) for s in funcs]
+
+    def inside(o: int) -> bool:
+        return any(a <= o < b for a, b in spans)
+
+    return inside
+
+
+def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> None:
+    elf = prog.elf
+    file_group: dict[int, int] = {}
+    group = 0
+    for s in elf.symbols:
+        if s.type == STT_FILE:
+            group += 1
+        file_group[s.index] = group
+    funcs: list[Function] = []
+    for sec_index in prog.base:
+        for s in syms_by_sec.get(sec_index, ()):
+            if s.type != STT_FUNC:
+                continue
+            funcs.append(Function(s, sec_index, s.offset, s.offset + s.size, s.name,
+                                  file_group=file_group.get(s.index, 0)))
+    # Aliases: of the STT_FUNC symbols at one address, objtool keeps the last in
+    # symbol-table order that has a size.
+    by_addr: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(funcs):
+        by_addr.setdefault((f.sec, f.start), []).append(i)
+    for idxs in by_addr.values():
+        if len(idxs) > 1:
+            idxs.sort(key=lambda i: funcs[i].sym.index)
+            sized = [i for i in idxs if funcs[i].sym.size] or idxs
+            keep = sized[-1]
+            for i in idxs:
+                funcs[i].canonical = i == keep
+    for i, f in enumerate(funcs):
+        f.parent = i
+        f.child = i
+    by_name: dict[str, list[int]] = {}
+    for i, f in enumerate(funcs):
+        by_name.setdefault(f.name, []).append(i)
+    for i, f in enumerate(funcs):
+        cut = f.name.find(".cold")
+        if cut <= 0:
+            continue
+        cands = by_name.get(f.name[:cut], [])
+        if not cands:
+            continue
+        same_file = [c for c in cands if funcs[c].file_group == f.file_group]
+        p = (same_file or cands)[0]
+        f.parent = p
+        funcs[p].child = i
+        pf = funcs[p]
+        if pf.sec == f.sec and f.start >= pf.start and f.end == pf.end:
+            pf.end -= f.end - f.start
+    prog.functions = funcs
+    func = prog.func
+    for i, f in enumerate(funcs):
+        if not f.canonical:
+            continue
+        g = prog.gid(f.sec, f.start)
+        if g < 0:
+            if f.start < prog.elf.sections[f.sec].size:
+                prog.notes.append((-1, f"{f.name}(): can't find starting instruction"))
+            continue
+        while g >= 0 and prog.off[g] < f.end:
+            func[g] = i
+            g = prog.next_same_sec(g)
+
+
+def _read_s32(data: bytes, off: int) -> int:
+    return int(struct.unpack_from("<i", data, off)[0])
+
+
+def _reloc_target(prog: Program, sec_index: int, off: int) -> tuple[int, int] | None:
+    """(section, offset) that the relocation at ``off`` of section ``sec_index`` points to."""
+    r = prog.elf.reloc_at(sec_index, off)
+    if r is None:
+        return None
+    sym = prog.elf.symbols[r.sym]
+    if not sym.defined:
+        return None
+    return sym.shndx, sym.offset + r.addend
+
+
+def _special_sections(prog: Program) -> None:
+    elf = prog.elf
+    for name, size in ((".altinstructions", 12), ("__jump_table", 16), ("__ex_table", 12)):
+        sec = elf.section(name)
+        if sec is None or not sec.data or sec.size % size:
+            if sec is not None and sec.size % size:
+                prog.notes.append((-1, f"{name} size not a multiple of {size}"))
+            continue
+        for e in range(0, sec.size, size):
+            orig = _reloc_target(prog, sec.index, e)
+            new = _reloc_target(prog, sec.index, e + 4)
+            if orig is None or new is None:
+                continue
+            og = prog.gid(*orig)
+            if og < 0:
+                continue
+            if name == ".altinstructions":
+                feature = struct.unpack_from("<H", sec.data, e + 8)[0]
+                orig_len, new_len = sec.data[e + 10], sec.data[e + 11]
+                _group_alt(prog, og, orig, new, orig_len, new_len, feature)
+            elif name == "__jump_table":
+                ng = prog.gid(*new)
+                if prog.kind[og] == d.JUMP_UNCOND:
+                    ng = prog.next_same_sec(og)
+                elif prog.kind[og] != d.NOP:
+                    prog.notes.append((og, "unsupported instruction at jump label"))
+                    continue
+                if ng >= 0:
+                    prog.alts.setdefault(og, []).append((ng, False))
+            else:
+                ng = prog.gid(*new)
+                if ng >= 0:
+                    prog.alts.setdefault(og, []).append((ng, False))
+
+
+def _group_alt(prog: Program, og: int, orig: tuple[int, int], new: tuple[int, int],
+               orig_len: int, new_len: int, feature: int) -> None:
+    """One ``.altinstructions`` entry.  Like objtool, every entry gets a fresh
+    group for the original instructions: with ALTERNATIVE_2 only the last
+    replacement shares the per-byte state array that ORC is generated from."""
+    if not orig_len:
+        prog.notes.append((og, "empty alternative entry"))
+        return
+    skip_orig = feature == X86_FEATURE_POPCNT
+    skip_alt = feature == X86_FEATURE_SMAP
+    last = og
+    g = og
+    while g >= 0 and prog.off[g] < orig[1] + orig_len:
+        last = g
+        g = prog.next_same_sec(g)
+    ogroup = len(prog.groups)
+    prog.groups.append(AltGroup(og, last, -1, orig_len, [None] * orig_len))
+    for g in range(og, last + 1):
+        prog.alt_group[g] = ogroup
+    func = prog.func[og]
+    if new_len:
+        ng = prog.gid(*new)
+        if ng < 0:
+            prog.notes.append((og, "special: can't find new instruction"))
+            return
+        nlast = ng
+        g = ng
+        while g >= 0 and prog.off[g] < new[1] + new_len:
+            nlast = g
+            g = prog.next_same_sec(g)
+        target = ng
+    else:
+        nlast = -1
+        target = -1
+    ngroup = len(prog.groups)
+    prog.groups.append(AltGroup(target, nlast, ogroup, new_len, prog.groups[ogroup].cfi))
+    for g in range(target, nlast + 1) if target >= 0 else ():
+        prog.alt_group[g] = ngroup
+        prog.func[g] = func
+    if skip_alt:
+        prog.ignore_alts[og] = 1
+    # an empty replacement is a virtual NOP: encoded as -1 - group
+    prog.alts.setdefault(og, []).append((target if target >= 0 else -1 - ngroup, skip_orig))
+
+
+def _jump_destinations(prog: Program, target: list[int]) -> None:
+    elf = prog.elf
+    syms = elf.symbols
+    kind = prog.kind
+    for g, k in enumerate(kind):
+        if k != d.JUMP_COND and k != d.JUMP_UNCOND:
+            continue
+        sec = prog.sec_of[g]
+        r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
+        if r is None:
+            dest_sec, dest_off = sec, target[g]
+            grp = prog.alt_group.get(g)
+            if grp is not None and prog.groups[grp].orig >= 0:
+                ng = prog.groups[grp]
+                if dest_off == prog.off[ng.first] + ng.size:
+                    og = prog.groups[ng.orig]
+                    prog.jump_dest[g] = prog.next_same_sec(og.last)
+                    continue
+        else:
+            sym = syms[r.sym]
+            if sym.type == STT_SECTION:
+                dest_sec, dest_off = sym.shndx, r.addend + 4
+            elif sym.name.startswith("__x86_indirect_"):
+                kind[g] = d.JUMP_DYNAMIC if k == d.JUMP_UNCOND else d.JUMP_DYNAMIC_COND
+                prog.ops[g] = None
+                prog.retpoline.add(g)
+                continue
+            elif sym.name == "__x86_return_thunk":
+                kind[g] = d.RETURN
+                continue
+            elif prog.func[g] >= 0:
+                prog.call_dest[g] = sym
+                continue
+            elif sym.defined:
+                dest_sec, dest_off = sym.shndx, sym.offset + r.addend + 4
+            else:
+                continue
+        dg = prog.gid(dest_sec, dest_off)
+        if dg < 0:
+            prog.notes.append((g, f"can't find jump dest instruction at "
+                                  f"{prog.section_name(dest_sec)}+0x{dest_off:x}"))
+            continue
+        fi, fd = prog.func[g], prog.func[dg]
+        if fi >= 0 and fd >= 0 and fi != fd:
+            fn, fdn = prog.functions[fi], prog.functions[fd]
+            if ".cold" not in fn.name and ".cold" in fdn.name:
+                fn.child = fd
+                fdn.parent = fi
+            elif fn.parent != fdn.parent and prog.off[dg] == fdn.start:
+                prog.call_dest[g] = fdn.sym
+                continue
+        prog.jump_dest[g] = dg
+
+
+def _call_destinations(prog: Program, target: list[int]) -> None:
+    elf = prog.elf
+    syms = elf.symbols
+    kind = prog.kind
+    func_at: dict[tuple[int, int], Symbol] = {}
+    any_at: dict[tuple[int, int], Symbol] = {}
+    for f in prog.functions:
+        if f.canonical:
+            func_at.setdefault((f.sec, f.start), f.sym)
+    for s in syms:
+        if s.defined and s.type not in (STT_SECTION, STT_FILE) and s.size:
+            any_at.setdefault((s.shndx, s.offset), s)
+    for g, k in enumerate(kind):
+        if k != d.CALL:
+            continue
+        sec = prog.sec_of[g]
+        r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
+        dest: Symbol | None
+        if r is None:
+            key = (sec, target[g])
+            dest = func_at.get(key) or any_at.get(key)
+            if dest is None:
+                _intra_function_call(prog, g, sec, target[g])
+                continue
+        else:
+            sym = syms[r.sym]
+            if sym.type == STT_SECTION:
+                key = (sym.shndx, r.addend + 4)
+                dest = func_at.get(key) or any_at.get(key)
+                if dest is None:
+                    if (sym.shndx == sec and prog.gid(sec, r.addend + 4) >= 0):
+                        _intra_function_call(prog, g, sec, r.addend + 4)
+                        continue
+                    prog.notes.append((g, f"can't find call dest symbol at "
+                                          f"{prog.section_name(sym.shndx)}+0x{r.addend + 4:x}"))
+                    continue
+            elif sym.name.startswith("__x86_indirect_"):
+                kind[g] = d.CALL_DYNAMIC
+                prog.ops[g] = None
+                prog.retpoline.add(g)
+                continue
+            else:
+                dest = sym
+        prog.call_dest[g] = dest
+        prog.ops[g] = None
+
+
+def _intra_function_call(prog: Program, g: int, sec: int, dest_off: int) -> None:
+    """A call to a local label: a jump that keeps its push (objtool needs an annotation)."""
+    dg = prog.gid(sec, dest_off)
+    if dg < 0:
+        prog.notes.append((g, "unannotated intra-function call"))
+        return
+    prog.kind[g] = d.JUMP_UNCOND
+    prog.jump_dest[g] = dg
+    prog.intra_calls.add(g)
+
+
+def _dead_ends(prog: Program) -> None:
+    kind = prog.kind
+    for g, k in enumerate(kind):
+        if k == d.BUG:
+            prog.dead_end[g] = 1
+    bug = prog.elf.section("__bug_table")
+    if bug is None or not bug.data:
+        return
+    for entry in _bug_entries(prog, bug.index, bug.data):
+        addr, flags = entry
+        if flags & BUGFLAG_WARNING:
+            g = prog.gid(*addr)
+            if g >= 0:
+                prog.dead_end[g] = 0
+
+
+def _bug_entries(prog: Program, sec_index: int, data: bytes) -> list[tuple[tuple[int, int], int]]:
+    """``__bug_table`` entries: 12 bytes with CONFIG_DEBUG_BUGVERBOSE, else 8."""
+    rels = prog.elf.relocs.get(sec_index, [])
+    addr_rels = [r for r in rels if r.type == R_X86_64_PC32]
+    if not addr_rels:
+        return []
+    size = 12
+    if len(addr_rels) >= 2:
+        offs = sorted({r.offset for r in addr_rels})
+        gaps = {b - a for a, b in zip(offs, offs[1:], strict=False)}
+        if 8 in gaps and 12 not in gaps and 4 not in gaps:
+            size = 8
+    out = []
+    for r in addr_rels:
+        if r.offset % size:
+            continue
+        t = _reloc_target(prog, sec_index, r.offset)
+        if t is None:
+            continue
+        flags_off = r.offset + (10 if size == 12 else 6)
+        flags = struct.unpack_from("<H", data, flags_off)[0] if flags_off + 2 <= len(data) else 0
+        out.append((t, flags))
+    return out
+
+
+def _jump_tables(prog: Program) -> None:
+    elf = prog.elf
+    rodata = {s.index for s in elf.sections
+              if s.name.startswith(".rodata") and ".str1." not in s.name}
+    if not rodata:
+        return
+    syms = elf.symbols
+    data_syms: dict[int, list[Symbol]] = {}
+    for s in syms:
+        if s.defined and s.shndx in rodata and s.type not in (STT_SECTION, STT_FILE):
+            data_syms.setdefault(s.shndx, []).append(s)
+    starts: set[tuple[int, int]] = set()
+    tables: list[tuple[int, int, int]] = []
+    for fi, f in enumerate(prog.functions):
+        if not f.canonical or f.parent != fi:
+            continue
+        insns = prog.func_insns(fi)
+        first_src: dict[int, int] = {}
+        last = insns[0] if insns else -1
+        pos = {g: i for i, g in enumerate(insns)}
+        for g in insns:
+            jd = prog.jump_dest[g]
+            if (prog.kind[g] == d.JUMP_UNCOND and jd >= 0 and prog.off[g] > prog.off[last]
+                    and prog.off[jd] > prog.off[g] and jd not in first_src):
+                first_src[jd] = g
+                last = jd
+            if prog.kind[g] != d.JUMP_DYNAMIC:
+                continue
+            found = _find_jump_table(prog, fi, g, insns, pos, first_src, rodata, data_syms)
+            if found is not None:
+                starts.add(found[:2])
+                tables.append((g, *found))
+    for g, tsec, toff in tables:
+        _add_jump_table(prog, g, tsec, toff, starts)
+
+
+def _find_jump_table(prog: Program, fi: int, orig: int, insns: list[int], pos: dict[int, int],
+                     first_src: dict[int, int], rodata: set[int],
+                     data_syms: dict[int, list[Symbol]]) -> tuple[int, int] | None:
+    elf = prog.elf
+    g = orig
+    while g >= 0 and prog.func[g] >= 0 and prog.functions[prog.func[g]].parent == fi:
+        if g != orig and prog.kind[g] == d.JUMP_DYNAMIC:
+            break
+        jd = prog.jump_dest[g]
+        if prog.kind[g] == d.JUMP_UNCOND and jd >= 0 and (
+                prog.off[jd] <= prog.off[g] or prog.off[jd] > prog.off[orig]):
+            break
+        r = elf.reloc_in(prog.sec_of[g], prog.off[g], prog.off[g] + prog.length[g])
+        if r is not None:
+            sym = elf.symbols[r.sym]
+            if sym.type == STT_SECTION and sym.shndx in rodata:
+                toff = r.addend + (4 if r.type == R_X86_64_PC32 else 0)
+                tsec = sym.shndx
+                named = any(s.offset <= toff < s.offset + s.size
+                            for s in data_syms.get(tsec, ()))
+                tname = elf.sections[tsec].name
+                entry = elf.reloc_at(tsec, toff)
+                if entry is not None and (not named or tname == ".rodata..c_jump_table"):
+                    esym = elf.symbols[entry.sym]
+                    dg = prog.gid(esym.shndx, esym.offset + entry.addend) if esym.defined else -1
+                    if (dg >= 0 and prog.func[dg] >= 0
+                            and prog.functions[prog.func[dg]].parent == fi):
+                        if r.type == R_X86_64_PC32:
+                            prog.ignore_unreachables = True
+                        return tsec, toff
+        src = first_src.get(g)
+        if src is not None:
+            g = src
+        else:
+            i = pos.get(g, 0) - 1
+            g = insns[i] if i >= 0 else -1
+    return None
+
+
+def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
+                    starts: set[tuple[int, int]]) -> None:
+    elf = prog.elf
+    pf = prog.functions[prog.functions[prog.func[g]].parent]
+    rels: list[Reloc] = elf.relocs.get(tsec, [])
+    i = next((k for k, r in enumerate(rels) if r.offset == toff), None)
+    if i is None:
+        return
+    prev = -1
+    added = 0
+    for r in rels[i:]:
+        if r.offset != toff and (tsec, r.offset) in starts:
+            break
+        if prev >= 0 and r.offset != prev + 8:
+            break
+        sym = elf.symbols[r.sym]
+        if not sym.defined:
+            break
+        if sym.shndx == pf.sec and sym.offset + r.addend == pf.start:
+            break
+        dg = prog.gid(sym.shndx, sym.offset + r.addend)
+        if dg < 0 or prog.func[dg] < 0 or prog.functions[prog.func[dg]].parent != \
+                prog.functions[prog.func[g]].parent:
+            break
+        prog.alts.setdefault(g, []).append((dg, False))
+        prev = r.offset
+        added += 1
+    if added:
+        prog.jump_table_insn.add(g)
+    else:
+        prog.notes.append((g, "can't find switch jump table"))
+
+
+def is_noreturn(prog: Program, sym: Symbol | None, depth: int = 0) -> bool:
+    """objtool's dead_end_function(): a known noreturn global, or a local function
+    that has no return and no sibling call to a function that returns."""
+    if sym is None or sym.bind == STB_WEAK:
+        return False
+    if depth == 0:
+        cached = prog.noreturn_cache.get(sym.index)
+        if cached is None:
+            cached = prog.noreturn_cache[sym.index] = is_noreturn(prog, sym, -1)
+        return cached
+    depth = max(depth, 0)
+    names = GLOBAL_NORETURNS if prog.profile == "kernel" else GLOBAL_NORETURNS | USER_NORETURNS
+    if (sym.bind == STB_GLOBAL or prog.profile != "kernel") and sym.name in names:
+        return True
+    if not sym.size or sym.type not in (STT_FUNC, STT_NOTYPE) or not sym.defined:
+        return False
+    g = prog.gid(sym.shndx, sym.offset)
+    if g < 0 or prog.func[g] < 0:
+        return False
+    insns = prog.func_insns(prog.func[g])
+    if not insns:
+        return False
+    for i in insns:
+        if prog.kind[i] == d.RETURN:
+            return False
+    for i in insns:
+        if is_sibling_call(prog, i):
+            jd = prog.jump_dest[i]
+            cd = prog.call_dest[i]
+            if cd is not None and cd.defined and jd < 0:
+                jd = prog.gid(cd.shndx, cd.offset)
+            if jd < 0:
+                return False
+            if depth == 5:
+                return False
+            fd = prog.func[jd]
+            return is_noreturn(prog, prog.functions[fd].sym if fd >= 0 else None, depth + 1)
+    return True
+
+
+def is_sibling_call(prog: Program, g: int) -> bool:
+    k = prog.kind[g]
+    if prog.func[g] >= 0 and k == d.JUMP_DYNAMIC:
+        return g not in prog.jump_table_insn and not _group_has_table(prog, g)
+    return (k == d.JUMP_COND or k == d.JUMP_UNCOND) and prog.call_dest[g] is not None
+
+
+def _group_has_table(prog: Program, g: int) -> bool:
+    grp = prog.alt_group.get(g)
+    if grp is None:
+        return False
+    o = prog.groups[grp]
+    if o.orig >= 0:
+        o = prog.groups[o.orig]
+    return o.first in prog.jump_table_insn
