@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Record objtool 6.1's answers for the assembled fixtures (the test oracle).
 
-For every ``tests/fixtures/**/*.S`` (or the FILES given) this script
+For every ``.S`` in a rule folder of ``tests/fixtures/rules.json`` or in
+``tests/fixtures/stack-forms/`` (or the FILES given) this script
 
 1. assembles the file with ``gcc -c`` into a temporary directory and keeps the
    pristine object next to the source as ``<name>.o`` (the exact bytes objtool
@@ -180,9 +181,14 @@ def summary(rec: dict[str, Any]) -> str:
 
 
 def find_fixtures(args: list[str]) -> list[Path]:
+    """The FILES given, else every .S in a rule folder of rules.json or stack-forms/.
+
+    Other folders under tests/fixtures/ (e.g. emulation fixtures) are not ours.
+    """
     if args:
         return [Path(a).resolve() for a in args]
-    return sorted(FIXTURES.glob("**/*.S"))
+    folders = set(json.loads(RULES_JSON.read_text())["rules"]) | {"stack-forms"}
+    return sorted(p for p in FIXTURES.glob("*/*.S") if p.parent.name in folders)
 
 
 def rel(p: Path) -> str:
