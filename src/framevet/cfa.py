@@ -15,49 +15,29 @@ from dataclasses import dataclass, field
 from framevet import decode as d
 from framevet.cfg import Program, is_noreturn, is_sibling_call
 from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
-
-# CFI bases besides hardware registers 0..15
-UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4
-RA = 16
-NREGS = 17
-
-# state layout
-CFA_BASE, CFA_OFF, STACK, DRAP, DRAP_REG, DRAP_OFF, BP_SCRATCH, TYPE, END = range(9)
-UACCESS, UACCESS_STACK, DF = 9, 10, 11
-REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
-VALS = REGS + 2 * NREGS
-STATE_LEN = VALS + 2 * NREGS
-CFI_FIELDS = list(range(0, 9)) + list(range(REGS, STATE_LEN))
-
-# hint / ORC types
-T_CALL, T_REGS, T_REGS_PARTIAL, T_FUNC, T_ENTRY, T_SAVE, T_RESTORE = range(7)
-
-CALLEE_SAVED = frozenset({d.BX, d.BP, d.R12, d.R13, d.R14, d.R15})
-
-
-def blank_state() -> list[int]:
-    s = [0] * STATE_LEN
-    s[CFA_BASE] = UNDEFINED
-    s[DRAP_REG] = UNDEFINED
-    s[DRAP_OFF] = -1
-    for r in range(NREGS):
-        s[REGS + 2 * r] = UNDEFINED
-        s[VALS + 2 * r] = UNDEFINED
-    return s
-
-
-def func_entry_state() -> list[int]:
-    s = blank_state()
-    s[CFA_BASE] = d.SP
-    s[CFA_OFF] = 8
-    s[REGS + 2 * RA] = CFA
-    s[REGS + 2 * RA + 1] = -8
-    s[STACK] = 8
-    return s
-
-
-_ENTRY = func_entry_state()
-INITIAL_REGS = tuple(_ENTRY[REGS:VALS])
+from framevet.stackmodel import update_cfi
+from framevet.state import (
+    BP_SCRATCH,
+    CFA,
+    CFA_BASE,
+    CFA_OFF,
+    DF,
+    DRAP,
+    DRAP_OFF,
+    DRAP_REG,
+    INITIAL_REGS,
+    NREGS,
+    REGS,
+    STACK,
+    STATE_LEN,
+    TYPE,
+    UACCESS,
+    UACCESS_STACK,
+    UNDEFINED,
+    VALS,
+    blank_state,
+    func_entry_state,
+)
 
 
 @dataclass(slots=True)
@@ -105,18 +85,23 @@ class Walker:
         self.save_insns: set[int] = set(save_insns or ())
         self.restore_insns: set[int] = set(restore_insns or ())
         self.c_file = prog.elf.relocatable and prog.elf.section(".comment") is not None
+        #: instructions of functions objtool is told to skip (STACK_FRAME_NON_STANDARD)
+        self.ignored: set[int] = set()
+        #: functions declared (framevet.toml) to start on an exception/interrupt frame
+        self.entry_funcs: set[int] = set()
 
     # -- reporting -------------------------------------------------------
-    def warn(self, g: int, rule: str, msg: str) -> None:
+    def warn(self, g: int, rule: str, msg: str, fatal: bool = True) -> None:
+        """Record a warning; like objtool, end the function's walk -- unless the
+        problem leaves the state well defined and every warning was asked for."""
         self.warnings.append(Warning(g, rule, msg))
-        raise _Abort
+        if fatal or not self.opts.all_warnings:
+            raise _Abort
 
     # -- driver ------------------------------------------------------------
     def run(self) -> WalkResult:
+        """objtool's order: every function from its start, then unvisited unwind hints."""
         prog = self.prog
-        for g in sorted(set(self.hints) | self.restore_insns):
-            if not self.visited[g]:
-                self._walk_from(prog.func[g], g, blank_state(), hint_start=True)
         order = sorted(range(len(prog.functions)),
                        key=lambda i: (prog.functions[i].sec, prog.functions[i].start,
                                       prog.functions[i].sym.index))
@@ -129,12 +114,15 @@ class Walker:
                                              f"{f.name}() is missing an ELF size annotation"))
                 continue
             g = prog.gid(f.sec, f.start)
-            if g < 0 or self.visited[g]:
+            if g < 0 or self.visited[g] or g in self.ignored:
                 continue
             st = func_entry_state()
             if self.opts.uaccess and self._uaccess_safe(fi):
                 st[UACCESS] = 1
             self._walk_from(fi, g, st)
+        for g in sorted(set(self.hints) | self.restore_insns):
+            if not self.visited[g] and g not in self.ignored:
+                self._walk_from(prog.func[g], g, blank_state())
         self._vm_resume_points()
         return WalkResult(self.cfi, self.warnings, self.visited)
 
@@ -164,7 +152,7 @@ class Walker:
                         _load_cfi(st, c)
                         self._walk_from(fi, lg, st)
 
-    def _walk_from(self, func: int, g: int, state: list[int], hint_start: bool = False) -> None:
+    def _walk_from(self, func: int, g: int, state: list[int]) -> None:
         try:
             self._walk(func, g, state)
         except _Abort:
@@ -248,7 +236,7 @@ class Walker:
                 ops = ops_l[g]
                 if ops is not None:
                     for op in ops:
-                        self._update(g, state, op)
+                        update_cfi(self, g, state, op)
                     snap = None
                 if k == d.RETURN:
                     self._validate_return(func, g, state)
@@ -258,7 +246,7 @@ class Walker:
                     if (self.opts.stackval and func >= 0 and not self._fentry(g)
                             and not _valid_frame(state)):
                         self.warn(g, "call-without-frame-pointer",
-                                  "call without frame pointer save/setup")
+                                  "call without frame pointer save/setup", fatal=False)
                     if k == d.CALL and is_noreturn(prog, call_dest[g]):
                         break
                 elif k == d.JUMP_COND or k == d.JUMP_UNCOND:
@@ -344,7 +332,7 @@ class Walker:
     def _cfi_match(self, g: int, state: list[int]) -> bool:
         c1 = self.cfi[g]
         if c1 is None:
-            self.warn(-1, "cfi-missing", "CFI missing")
+            self.warn(-1, "cfi-state-missing", "CFI missing")
             return False
         if c1[CFA_BASE] != state[CFA_BASE] or c1[CFA_OFF] != state[CFA_OFF]:
             self.warn(g, "stack-state-mismatch",
@@ -373,29 +361,37 @@ class Walker:
         if self.opts.uaccess:
             safe = self._uaccess_safe(func)
             if state[UACCESS] and not safe:
-                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled")
+                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled", fatal=False)
             if not state[UACCESS] and safe:
                 self.warn(g, "return-with-uaccess-disabled",
-                          "return with UACCESS disabled from a UACCESS-safe function")
+                          "return with UACCESS disabled from a UACCESS-safe function", fatal=False)
         if state[DF]:
-            self.warn(g, "return-with-df-set", "return with DF set")
+            self.warn(g, "return-with-df-set", "return with DF set", fatal=False)
         if func >= 0 and _modified_frame(state):
-            self.warn(g, "return-modified-frame", "return with modified stack frame")
+            self.warn(g, "return-modified-frame", "return with modified stack frame", fatal=False)
         if state[BP_SCRATCH]:
-            self.warn(g, "bp-used-as-scratch", "BP used as a scratch register")
+            self.warn(g, "bp-used-as-scratch", "BP used as a scratch register", fatal=False)
 
     def _validate_call(self, g: int, state: list[int]) -> None:
         cd = self.prog.call_dest[g]
         name = cd.name if cd is not None else "{dynamic}"
         if self.opts.uaccess and state[UACCESS] and not self._uaccess_safe_sym(name):
-            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled")
+            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled", fatal=False)
         if state[DF]:
-            self.warn(g, "call-with-df-set", f"call to {name}() with DF set")
+            self.warn(g, "call-with-df-set", f"call to {name}() with DF set", fatal=False)
 
     def _validate_sibling(self, g: int, state: list[int]) -> None:
+        func = self.prog.func[g]
+        if func in self.entry_funcs:
+            # an entry stub hands the bare hardware frame on to its handler
+            if state[CFA_BASE] != d.SP or state[CFA_OFF] != 0:
+                self.warn(g, "sibling-call-modified-frame",
+                          "sibling call from callable instruction with modified stack frame",
+                          fatal=False)
+            return
         if _modified_frame(state):
             self.warn(g, "sibling-call-modified-frame",
-                      "sibling call from callable instruction with modified stack frame")
+                      "sibling call from callable instruction with modified stack frame", fatal=False)
         self._validate_call(g, state)
 
     def _uaccess_safe(self, func: int) -> bool:
@@ -408,211 +404,24 @@ class Walker:
     def _flag_insn(self, func: int, g: int, k: int, state: list[int]) -> None:
         if k == d.STD:
             if state[DF]:
-                self.warn(g, "recursive-std", "recursive STD")
+                self.warn(g, "recursive-std", "recursive STD", fatal=False)
             state[DF] = 1
         elif k == d.CLD:
             if not state[DF] and func >= 0:
-                self.warn(g, "redundant-cld", "redundant CLD")
+                self.warn(g, "redundant-cld", "redundant CLD", fatal=False)
             state[DF] = 0
         elif not self.opts.uaccess:
             return
         elif k == d.STAC:
             if state[UACCESS]:
-                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable")
+                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable", fatal=False)
             state[UACCESS] = 1
         else:
             if not state[UACCESS] and func >= 0:
-                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable")
+                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable", fatal=False)
             if self._uaccess_safe(func) and not state[UACCESS_STACK]:
-                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS")
+                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS", fatal=False)
             state[UACCESS] = 0
-
-    # -- the stack model (objtool's update_cfi_state) -----------------------
-    def _update(self, g: int, s: list[int], op: d.StackOp) -> None:
-        dtype, dreg, doff, stype, sreg, soff = op
-        if s[CFA_BASE] == UNDEFINED:
-            if self.prog.func[g] >= 0:
-                self.warn(g, "undefined-stack-state", "undefined stack state")
-            return
-        if s[TYPE] == T_REGS or s[TYPE] == T_REGS_PARTIAL:
-            _update_regs_hint(s, op)
-            return
-        if dtype == d.D_REG:
-            if stype == d.S_REG:
-                self._mov_reg(g, s, dreg, sreg)
-            elif stype == d.S_ADD:
-                self._add(g, s, dreg, sreg, soff)
-            elif stype == d.S_AND:
-                if (dreg != d.SP or (s[DRAP_REG] != UNDEFINED and s[CFA_BASE] != d.SP)
-                        or (s[DRAP_REG] == UNDEFINED and s[CFA_BASE] != d.BP)):
-                    self.warn(g, "unsupported-stack-pointer-realignment",
-                              "unsupported stack pointer realignment")
-                if s[DRAP_REG] != UNDEFINED:
-                    s[CFA_BASE] = s[DRAP_REG]
-                    s[CFA_OFF] = s[STACK] = 0
-                    s[DRAP] = 1
-            elif stype == d.S_POP or stype == d.S_POPF:
-                self._pop(s, dreg)
-            elif stype == d.S_REG_INDIRECT:
-                self._load(s, dreg, sreg, soff)
-            else:
-                self.warn(g, "unknown-stack-related-instruction",
-                          "unknown stack-related instruction")
-        elif dtype == d.D_PUSH or dtype == d.D_PUSHF:
-            s[STACK] += 8
-            if s[CFA_BASE] == d.SP:
-                s[CFA_OFF] += 8
-            if stype != d.S_REG:
-                return
-            if s[DRAP]:
-                if sreg == s[CFA_BASE] and sreg == s[DRAP_REG]:
-                    s[CFA_BASE] = BP_INDIRECT
-                    s[CFA_OFF] = -s[STACK]
-                    s[DRAP_OFF] = -s[STACK]
-                elif sreg == d.BP and s[CFA_BASE] == s[DRAP_REG]:
-                    s[STACK] = 0
-                else:
-                    _save_reg(s, sreg, d.BP, -s[STACK])
-            else:
-                _save_reg(s, sreg, CFA, -s[STACK])
-            if (self.opts.stackval and self.prog.func[g] >= 0 and sreg == d.BP
-                    and s[CFA_BASE] != d.BP):
-                s[BP_SCRATCH] = 1
-        elif dtype == d.D_REG_INDIRECT:
-            if s[DRAP]:
-                if sreg == s[CFA_BASE] and sreg == s[DRAP_REG]:
-                    s[CFA_BASE] = BP_INDIRECT
-                    s[CFA_OFF] = doff
-                    s[DRAP_OFF] = doff
-                else:
-                    _save_reg(s, sreg, d.BP, doff)
-            elif dreg == s[CFA_BASE]:
-                _save_reg(s, sreg, CFA, doff - s[CFA_OFF])
-            elif dreg == d.SP:
-                _save_reg(s, sreg, CFA, doff - s[STACK])
-            elif sreg == d.SP and doff == 0:
-                s[VALS + 2 * dreg] = SP_INDIRECT
-                s[VALS + 2 * dreg + 1] = s[CFA_OFF]
-        elif dtype == d.D_MEM:
-            if stype != d.S_POP and stype != d.S_POPF:
-                self.warn(g, "unknown-stack-memory-operation",
-                          "unknown stack-related memory operation")
-            s[STACK] -= 8
-            if s[CFA_BASE] == d.SP:
-                s[CFA_OFF] -= 8
-        else:
-            self.warn(g, "unknown-stack-related-instruction", "unknown stack-related instruction")
-
-    def _mov_reg(self, g: int, s: list[int], dreg: int, sreg: int) -> None:
-        if (sreg == d.SP and dreg == d.BP and s[CFA_BASE] == d.SP
-                and s[REGS + 2 * d.BP] == CFA and s[REGS + 2 * d.BP + 1] == -s[CFA_OFF]):
-            s[CFA_BASE] = d.BP                                   # mov %rsp, %rbp
-            s[BP_SCRATCH] = 0
-        elif sreg == d.SP and dreg == d.BP and s[DRAP]:
-            s[REGS + 2 * d.BP] = d.BP                            # drap: mov %rsp, %rbp
-            s[REGS + 2 * d.BP + 1] = -s[STACK]
-            s[BP_SCRATCH] = 0
-        elif sreg == d.SP and s[CFA_BASE] == d.SP:
-            s[VALS + 2 * dreg] = CFA                             # mov %rsp, %reg
-            s[VALS + 2 * dreg + 1] = -s[STACK]
-        elif (sreg == d.BP and dreg == d.SP
-              and (s[CFA_BASE] == d.BP or s[CFA_BASE] == s[DRAP_REG])):
-            s[STACK] = -s[REGS + 2 * d.BP + 1]                   # mov %rbp, %rsp
-        elif dreg == s[CFA_BASE]:
-            if s[CFA_BASE] == d.SP and s[VALS + 2 * sreg] == CFA:
-                s[CFA_OFF] = -s[VALS + 2 * sreg + 1]             # mov %reg, %rsp (saved rsp)
-                s[STACK] = s[CFA_OFF]
-            elif (s[CFA_BASE] == d.SP and s[VALS + 2 * sreg] == SP_INDIRECT
-                  and s[VALS + 2 * sreg + 1] == s[CFA_OFF]):
-                s[CFA_BASE] = SP_INDIRECT                        # stack swizzle
-            else:
-                s[CFA_BASE] = UNDEFINED
-                s[CFA_OFF] = 0
-        elif (dreg == d.SP and s[VALS + 2 * sreg] == SP_INDIRECT
-              and s[VALS + 2 * sreg + 1] == s[CFA_OFF]):
-            s[STACK] += 8
-
-    def _add(self, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> None:
-        if dreg == d.SP and sreg == d.SP:
-            s[STACK] -= soff                                      # add imm, %rsp
-            if s[CFA_BASE] == d.SP:
-                s[CFA_OFF] -= soff
-        elif dreg == d.SP and sreg == d.BP:
-            s[STACK] = -(soff + s[REGS + 2 * d.BP + 1])          # lea disp(%rbp), %rsp
-        elif (not s[DRAP] and sreg == d.SP and dreg == d.BP and s[CFA_BASE] == d.SP
-              and s[REGS + 2 * d.BP] == CFA
-              and s[REGS + 2 * d.BP + 1] == -s[CFA_OFF] + soff):
-            s[CFA_BASE] = d.BP                                   # lea disp(%rsp), %rbp
-            s[CFA_OFF] -= soff
-            s[BP_SCRATCH] = 0
-        elif sreg == d.SP and s[CFA_BASE] == d.SP:
-            s[DRAP_REG] = dreg                                   # drap: lea disp(%rsp), %drap
-            s[VALS + 2 * dreg] = CFA
-            s[VALS + 2 * dreg + 1] = -s[STACK] + soff
-        elif s[DRAP] and dreg == d.SP and sreg == s[DRAP_REG]:
-            s[CFA_BASE] = d.SP                                   # drap: lea disp(%drap), %rsp
-            s[CFA_OFF] = s[STACK] = -soff
-            s[DRAP_REG] = UNDEFINED
-            s[DRAP] = 0
-        elif dreg == s[CFA_BASE] and not self._next_is_hint(g):
-            self.warn(g, "unsupported-stack-register-modification",
-                      "unsupported stack register modification")
-
-    def _pop(self, s: list[int], dreg: int) -> None:
-        if dreg == d.SP and s[CFA_BASE] == SP_INDIRECT:
-            s[CFA_BASE] = d.SP                                   # pop %rsp (swizzle)
-            return
-        if not s[DRAP] and dreg == s[CFA_BASE]:
-            s[CFA_BASE] = d.SP                                   # pop %rbp
-        if (s[DRAP] and s[CFA_BASE] == BP_INDIRECT and dreg == s[DRAP_REG]
-                and s[DRAP_OFF] == -s[STACK]):
-            s[CFA_BASE] = s[DRAP_REG]                            # drap: pop %drap
-            s[CFA_OFF] = 0
-            s[DRAP_OFF] = -1
-        elif s[STACK] == -s[REGS + 2 * dreg + 1]:
-            _restore_reg(s, dreg)                                # pop %reg
-        s[STACK] -= 8
-        if s[CFA_BASE] == d.SP:
-            s[CFA_OFF] -= 8
-
-    def _load(self, s: list[int], dreg: int, sreg: int, soff: int) -> None:
-        if not s[DRAP] and dreg == s[CFA_BASE] and dreg == d.BP:
-            s[CFA_BASE] = d.SP                                   # mov disp(%rsp), %rbp
-            s[CFA_OFF] = s[STACK]
-        if s[DRAP] and sreg == d.BP and soff == s[DRAP_OFF]:
-            s[CFA_BASE] = s[DRAP_REG]                            # drap: mov disp(%rbp), %drap
-            s[CFA_OFF] = 0
-            s[DRAP_OFF] = -1
-        if s[DRAP] and sreg == d.BP and soff == s[REGS + 2 * dreg + 1]:
-            _restore_reg(s, dreg)
-        elif sreg == s[CFA_BASE] and soff == s[REGS + 2 * dreg + 1] + s[CFA_OFF]:
-            _restore_reg(s, dreg)
-        elif sreg == d.SP and soff == s[REGS + 2 * dreg + 1] + s[STACK]:
-            _restore_reg(s, dreg)
-
-
-def _save_reg(s: list[int], reg: int, base: int, off: int) -> None:
-    if reg in CALLEE_SAVED and s[REGS + 2 * reg] == UNDEFINED:
-        s[REGS + 2 * reg] = base
-        s[REGS + 2 * reg + 1] = off
-
-
-def _restore_reg(s: list[int], reg: int) -> None:
-    s[REGS + 2 * reg] = INITIAL_REGS[2 * reg]
-    s[REGS + 2 * reg + 1] = INITIAL_REGS[2 * reg + 1]
-
-
-def _update_regs_hint(s: list[int], op: d.StackOp) -> None:
-    if s[CFA_BASE] != d.SP and s[CFA_BASE] != SP_INDIRECT:
-        return
-    dtype, dreg, _, stype, sreg, soff = op
-    if dtype == d.D_PUSH or dtype == d.D_PUSHF:
-        s[CFA_OFF] += 8
-    if stype == d.S_POP or stype == d.S_POPF:
-        s[CFA_OFF] -= 8
-    if dtype == d.D_REG and stype == d.S_ADD and dreg == d.SP and sreg == d.SP:
-        s[CFA_OFF] -= soff
-
 
 def _modified_frame(s: list[int]) -> bool:
     if s[CFA_BASE] != d.SP or s[DRAP] or s[CFA_OFF] != 8 or s[STACK] != 8:

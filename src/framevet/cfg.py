@@ -29,7 +29,6 @@ from framevet.load.elf import (
     STT_NOTYPE,
     STT_SECTION,
     ElfObject,
-    Reloc,
     Symbol,
 )
 
@@ -113,6 +112,10 @@ class Program:
     intra_calls: set[int]
     retpoline: set[int]
     notes: list[tuple[int, str]]
+    #: jumps to __x86_return_thunk (returns, but retpoline-safe ones)
+    return_thunks: set[int] = field(default_factory=set)
+    #: functions declared noreturn (framevet.toml)
+    declared_noreturn: set[str] = field(default_factory=set)
     profile: str = "kernel"
     ignore_unreachables: bool = False
     secmap: dict[int, DecodedSection] = field(default_factory=dict)
@@ -183,7 +186,7 @@ def build(elf: ElfObject, profile: str = "kernel") -> Program:
     n = len(off)
     prog = Program(elf, decoded, base, sec_of, off, length, kind, ops, [-1] * n, [-1] * n,
                    [None] * n, bytearray(n), {}, bytearray(n), {}, [], [], set(), set(), set(),
-                   [], profile)
+                   [], profile=profile)
     prog.secmap = {ds.index: ds for ds in decoded}
     _functions(prog, syms_by_sec)
     _special_sections(prog)
@@ -391,6 +394,7 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
                 continue
             elif sym.name == "__x86_return_thunk":
                 kind[g] = d.RETURN
+                prog.return_thunks.add(g)
                 continue
             elif prog.func[g] >= 0:
                 prog.call_dest[g] = sym
@@ -528,6 +532,8 @@ def is_noreturn(prog: Program, sym: Symbol | None, depth: int = 0) -> bool:
     depth = max(depth, 0)
     names = GLOBAL_NORETURNS if prog.profile == "kernel" else GLOBAL_NORETURNS | USER_NORETURNS
     if (sym.bind == STB_GLOBAL or prog.profile != "kernel") and sym.name in names:
+        return True
+    if sym.name in prog.declared_noreturn:
         return True
     if not sym.size or sym.type not in (STT_FUNC, STT_NOTYPE) or not sym.defined:
         return False

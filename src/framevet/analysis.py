@@ -1,0 +1,110 @@
+"""One object through the pipeline: load → decode → cfg → cfa → rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framevet.cfa import Walker, WalkOptions, WalkResult
+from framevet.cfg import Program, build
+from framevet.hints import Hints, read_hints
+from framevet.load.inputs import LoadedObject
+from framevet.report.findings import Finding, SymbolIndex
+
+
+@dataclass
+class Options:
+    profile: str = "kernel"
+    sls: bool = False
+    retpoline: bool = False
+    rethunk: bool = False
+    stackval: bool = False
+    uaccess: bool = False
+    noinstr: bool = False
+    ibt: bool = False
+    unret: bool = False
+    #: rule ids to leave out
+    disabled: frozenset[str] = frozenset()
+    #: keep walking after non-fatal warnings (check) or stop like objtool (orc)
+    all_warnings: bool = True
+    hints_file: str | None = None
+    #: only objtool 6.1's checks, with objtool's reporting limits
+    objtool_only: bool = False
+    #: only the walk (ORC generation): no post-walk rules
+    orc_only: bool = False
+
+
+@dataclass
+class Context:
+    obj: LoadedObject
+    prog: Program
+    result: WalkResult
+    options: Options
+    symbols: SymbolIndex
+    hints: Hints
+    findings: list[Finding] = field(default_factory=list)
+
+    def finding(self, g: int, rule: str, message: str, severity: str | None = None,
+                **details: object) -> Finding:
+        from framevet import rules
+
+        r = rules.get(rule)
+        sev = severity or (r.severity if r else "warning")
+        if g < 0:
+            return Finding(self.obj.display, rule, message, sev, details=dict(details))
+        sec = self.prog.sec_of[g]
+        off = self.prog.off[g]
+        loc = self.symbols.locate(sec, off)
+        src = self.obj.source_of(self.prog.section_name(sec), off)
+        return Finding(self.obj.display, rule, message, sev, loc, src, dict(details))
+
+
+def analyse(obj: LoadedObject, options: Options) -> Context:
+    """Build, walk and check one object; findings in objtool's reporting order."""
+    prog = build(obj.elf, options.profile)
+    hints = read_hints(obj, prog, options.hints_file)
+    prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
+    walker = Walker(prog, WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
+                                      noinstr=options.noinstr,
+                                      all_warnings=options.all_warnings),
+                    hints.cfi, hints.save, hints.restore)
+    walker.ignored = hints.ignored_gids
+    walker.entry_funcs = {fi for fi, f in enumerate(prog.functions)
+                          if (dcl := hints.functions.get(f.name)) is not None
+                          and dcl.entry != "call"}
+    result = walker.run()
+    ctx = Context(obj, prog, result, options, SymbolIndex(obj.elf), hints)
+    if options.orc_only:
+        return ctx
+    from framevet import rules
+
+    registry = rules.all_rules()
+
+    def wanted(rule_id: str) -> bool:
+        r = registry.get(rule_id)
+        if rule_id in options.disabled:
+            return False
+        if r is None:
+            return True
+        if options.objtool_only and r.objtool is None:
+            return False
+        return options.profile in r.profiles
+
+    out: list[Finding] = []
+    for g, msg in prog.notes:
+        out.append(ctx.finding(g, "decode-problem", msg, "warning"))
+    ctx.findings = out
+    # objtool's order: retpoline checks, the walk's warnings, then the rest
+    retpoline = registry["indirect-branch-in-retpoline-build"]
+    if retpoline.check is not None and wanted(retpoline.id):
+        out.extend(f for f in retpoline.check(ctx) if wanted(f.rule))
+    for w in result.warnings:
+        if wanted(w.rule):
+            out.append(ctx.finding(w.gid, w.rule, w.message))
+    for rule in registry.values():
+        if rule.check is None or rule is retpoline or not wanted(rule.id):
+            continue
+        found = [f for f in rule.check(ctx) if wanted(f.rule)]
+        if options.objtool_only and rule.id == "unreachable-instruction":
+            found = [f for f in found if f.details.get("objtool")][:1]
+        out.extend(found)
+    return ctx

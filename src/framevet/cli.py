@@ -1,0 +1,341 @@
+"""Command line: ``framevet check|orc|cfa|cfi|abi|diff|rules``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from framevet import __version__
+from framevet.errors import InputError
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+_SEVERITY_RANK = {"note": 0, "warning": 1, "error": 2}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_CLEAN
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="framevet", description="Verify stack-frame and register discipline of x86-64 "
+        "machine code: objtool-compatible checks and ORC, DWARF CFI validation, emulation.")
+    p.add_argument("--version", action="version", version=f"framevet {__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    c = sub.add_parser("check", help="validate stack frames and registers (objtool + more)")
+    c.add_argument("files", nargs="+", metavar="FILE", help=".o/.ko/.a/.so/executable or .S")
+    _objtool_switches(c)
+    c.add_argument("--format", choices=("text", "objtool", "json", "sarif", "html"),
+                   default="text")
+    c.add_argument("-o", "--output", help="write the report here instead of stdout")
+    c.add_argument("--fail-on", choices=("note", "warning", "error", "never"), default="warning",
+                   help="exit 1 when a finding is at least this severe (default: warning)")
+    c.add_argument("--disable", default="", help="comma-separated rule ids to leave out")
+    c.add_argument("--objtool-only", action="store_true",
+                   help="only objtool 6.1's checks, stopping each function at its first "
+                        "warning exactly as objtool does")
+    c.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: cores)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    o = sub.add_parser("orc", help="generate kernel ORC unwind data like objtool --orc")
+    o.add_argument("file", metavar="FILE")
+    o.add_argument("--dump", action="store_true", help="print it as objtool --dump=orc does")
+    o.add_argument("-o", "--output", metavar="OUT", help="write FILE plus ORC sections to OUT")
+    o.add_argument("--in-place", action="store_true", help="rewrite FILE (atomically)")
+    _common(o)
+    o.set_defaults(func=cmd_orc)
+
+    a = sub.add_parser("cfa", help="print framevet's per-address CFA table (DWARF terms)")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--profile", choices=("kernel", "user"), default="user")
+    a.add_argument("--hints", metavar="TOML")
+    a.add_argument("--cflags", default="")
+    a.set_defaults(func=cmd_cfa)
+
+    f = sub.add_parser("cfi", help="validate DWARF CFI (.eh_frame/.debug_frame) against the code")
+    f.add_argument("files", nargs="+", metavar="FILE")
+    f.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
+    f.add_argument("--fail-on", choices=("note", "warning", "error", "never"), default="warning")
+    f.add_argument("--cflags", default="")
+    f.add_argument("-j", "--jobs", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_cfi)
+
+    r = sub.add_parser("rules", help="list the rules, or document one")
+    r.add_argument("rule", nargs="?")
+    r.set_defaults(func=cmd_rules)
+
+    from framevet.cli_emulate import add_emulation_commands
+
+    add_emulation_commands(sub)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=("kernel", "user"), default="kernel")
+    p.add_argument("--hints", metavar="TOML", help="declarations (default: framevet.toml beside "
+                   "the input)")
+    p.add_argument("--cflags", default="", help="extra flags for assembling .S inputs")
+
+
+def _objtool_switches(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    g = p.add_argument_group("objtool switches (stack validation and ORC checks are always on)")
+    for name in ("sls", "retpoline", "rethunk", "stackval", "uaccess", "noinstr", "ibt", "unret"):
+        g.add_argument(f"--{name}", action="store_true")
+    g.add_argument("--orc", action="store_true", help="accepted for objtool compatibility")
+    g.add_argument("--module", action="store_true", help="accepted for objtool compatibility")
+
+
+# -- check ----------------------------------------------------------------------------
+
+def _options(args: argparse.Namespace) -> Any:
+    from framevet.analysis import Options
+
+    return Options(
+        profile=args.profile, sls=args.sls, retpoline=args.retpoline, rethunk=args.rethunk,
+        stackval=args.stackval, uaccess=args.uaccess, noinstr=args.noinstr, ibt=args.ibt,
+        unret=args.unret,
+        disabled=frozenset(x for x in args.disable.split(",") if x),
+        all_warnings=not args.objtool_only, hints_file=args.hints,
+        objtool_only=args.objtool_only)
+
+
+def check_file(path: str, options: Any, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """Worker: every finding of every object in ``path`` (as JSON dicts), or an error line."""
+    from framevet.analysis import analyse
+    from framevet.load import load_path
+
+    try:
+        out: list[dict[str, Any]] = []
+        for obj in load_path(path, cflags):
+            ctx = analyse(obj, options)
+            out.extend(_pack(f) for f in ctx.findings)
+        return out, ""
+    except InputError as exc:
+        return [], str(exc)
+    except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
+        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
+
+
+def _pack(f: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(f)
+
+
+def _unpack(d: dict[str, Any]) -> Any:
+    from framevet.report.findings import Finding, Location
+
+    loc = d.get("location")
+    src = d.get("source")
+    return Finding(d["file"], d["rule"], d["message"], d["severity"],
+                   Location(**loc) if loc else None, tuple(src) if src else None,
+                   d.get("details") or {})
+
+
+def run_parallel(paths: list[str], work: Callable[..., tuple[list[dict[str, Any]], str]],
+                 extra: tuple[Any, ...], jobs: int, progress: bool) -> Iterable[tuple[str, Any]]:
+    """(path, (findings, error)) for every path, in input order; one worker per core."""
+    jobs = jobs or os.cpu_count() or 1
+    jobs = min(jobs, len(paths))
+    bar = _progress(len(paths)) if progress else None
+    results: list[Any] = [None] * len(paths)
+    try:
+        if jobs <= 1:
+            for i, p in enumerate(paths):
+                results[i] = work(p, *extra)
+                if bar:
+                    bar.advance()
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as ex:
+                futs = {ex.submit(work, p, *extra): i for i, p in enumerate(paths)}
+                from concurrent.futures import as_completed
+
+                for fut in as_completed(futs):
+                    results[futs[fut]] = fut.result()
+                    if bar:
+                        bar.advance()
+    finally:
+        if bar:
+            bar.close()
+    return zip(paths, results, strict=True)
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.p = Progress("framevet", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          transient=True, console=__import__("rich.console").console.Console(
+                              stderr=True))
+        self.p.start()
+        self.task = self.p.add_task("files", total=total)
+
+    def advance(self) -> None:
+        self.p.advance(self.task)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def _progress(total: int) -> _Bar | None:
+    if total < 2 or not sys.stderr.isatty():
+        return None
+    return _Bar(total)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    options = _options(args)
+    cflags = args.cflags.split()
+    findings, errors = [], 0
+    for _path, (packed, err) in run_parallel(args.files, check_file, (options, cflags),
+                                             args.jobs, not args.no_progress):
+        if err:
+            print(err, file=sys.stderr)
+            errors += 1
+        findings.extend(_unpack(d) for d in packed)
+    _emit(findings, args.format, getattr(args, "output", None))
+    return _exit(findings, errors, args.fail_on)
+
+
+def _emit(findings: list[Any], fmt: str, output: str | None) -> None:
+    from framevet.report.formats import render
+
+    text = render(findings, fmt)
+    if output:
+        with open(output, "w") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _exit(findings: list[Any], errors: int, fail_on: str) -> int:
+    if errors:
+        return EXIT_ERROR
+    if fail_on == "never":
+        return EXIT_CLEAN
+    rank = _SEVERITY_RANK[fail_on]
+    if any(_SEVERITY_RANK.get(f.severity, 1) >= rank for f in findings):
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
+
+
+# -- orc ------------------------------------------------------------------------------
+
+def cmd_orc(args: argparse.Namespace) -> int:
+    from framevet.analysis import Options, analyse
+    from framevet.load import load_path
+    from framevet.orc import dump_text, generate
+
+    if not args.dump and not args.output and not args.in_place:
+        raise InputError(args.file, "nothing to do: give --dump, -o OUT or --in-place")
+    objs = load_path(args.file, args.cflags.split())
+    if len(objs) != 1:
+        raise InputError(args.file, "orc works on one object, not an archive")
+    obj = objs[0]
+    ctx = analyse(obj, Options(profile=args.profile, all_warnings=False, hints_file=args.hints,
+                               objtool_only=True, orc_only=True))
+    rows = generate(ctx.prog, ctx.result)
+    if args.dump:
+        sys.stdout.write(dump_text(ctx.prog, rows))
+    if args.output or args.in_place:
+        from framevet.elfwrite import orc_object, write_atomically
+
+        data = orc_object(obj.elf, rows)
+        target = args.file if args.in_place else args.output
+        if not args.in_place and os.path.abspath(target) == os.path.abspath(args.file):
+            raise InputError(args.file, "refusing to overwrite the input; use --in-place")
+        write_atomically(target, data)
+    return EXIT_CLEAN
+
+
+# -- cfa / cfi ------------------------------------------------------------------------
+
+def cmd_cfa(args: argparse.Namespace) -> int:
+    from framevet.cfatable import cfa_table
+    from framevet.load import load_path
+
+    for path in args.files:
+        for obj in load_path(path, args.cflags.split()):
+            table = cfa_table(obj.elf, args.profile)
+            if len(args.files) > 1 or "(" in obj.display:
+                print(f"{obj.display}:")
+            for rows in table.rows.values():
+                for row in rows:
+                    print(row.text())
+    return EXIT_CLEAN
+
+
+def cfi_file(path: str, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+    from framevet.cficheck import check_cfi
+    from framevet.load import load_path
+
+    try:
+        out = []
+        for obj in load_path(path, cflags):
+            out.extend(_pack(f) for f in check_cfi(obj))
+        return out, ""
+    except InputError as exc:
+        return [], str(exc)
+    except Exception as exc:  # noqa: BLE001
+        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
+
+
+def cmd_cfi(args: argparse.Namespace) -> int:
+    findings, errors = [], 0
+    for _path, (packed, err) in run_parallel(args.files, cfi_file, (args.cflags.split(),),
+                                             args.jobs, not args.no_progress):
+        if err:
+            print(err, file=sys.stderr)
+            errors += 1
+        findings.extend(_unpack(d) for d in packed)
+    _emit(findings, args.format, None)
+    return _exit(findings, errors, args.fail_on)
+
+
+# -- rules ----------------------------------------------------------------------------
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from framevet.rules import all_rules
+
+    rules = all_rules()
+    if args.rule:
+        r = rules.get(args.rule)
+        if r is None:
+            print(f"framevet: error: unknown rule {args.rule!r} (see `framevet rules`)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        print(r.doc())
+        return EXIT_CLEAN
+    width = max(len(k) for k in rules)
+    for rid in sorted(rules, key=lambda k: (rules[k].family, k)):
+        r = rules[rid]
+        print(f"{rid:<{width}}  {r.family:<9} {r.severity:<7} {r.summary}")
+    return EXIT_CLEAN
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Write ORC sections into a copy of a relocatable object, the way objtool lays them out.
+
+The input bytes are never touched: the output is the input with new section
+data appended, a new section header table at the end, and (only when a text
+section lacks an STT_SECTION symbol) a rebuilt symbol table whose global
+symbols shift by one, with every relocation renumbered.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+
+from framevet.errors import InputError
+from framevet.load.elf import (
+    SHF_ALLOC,
+    SHT_PROGBITS,
+    SHT_RELA,
+    STB_LOCAL,
+    STT_SECTION,
+    ElfObject,
+)
+from framevet.orc import OrcRow, pack_entry
+
+SHF_INFO_LINK = 0x40
+R_X86_64_PC32 = 2
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_RELA = struct.Struct("<QQq")
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) & ~(a - 1)
+
+
+def orc_object(elf: ElfObject, rows: list[OrcRow]) -> bytes:
+    """The bytes of ``elf`` with ``.orc_unwind``, ``.orc_unwind_ip``, ``.rela.orc_unwind_ip``."""
+    if not elf.relocatable:
+        raise InputError(elf.path, "ORC sections can only be added to a relocatable object")
+    for name in (".orc_unwind", ".orc_unwind_ip"):
+        if elf.section(name) is not None:
+            raise InputError(elf.path, f"file already has {name} section")
+    if elf.symtab_index < 0:
+        raise InputError(elf.path, "no .symtab")
+    raw = bytearray(elf.raw)
+    ehdr = struct.unpack_from("<16sHHIQQQIHHHHHH", raw, 0)
+    shoff, shentsize, shnum, shstrndx = ehdr[6], ehdr[11], ehdr[12], ehdr[13]
+    headers = [list(_SHDR.unpack_from(raw, shoff + i * shentsize)) for i in range(shnum)]
+    overrides: dict[int, bytes] = {}
+
+    symtab = elf.sections[elf.symtab_index]
+    sym_data = bytearray(symtab.data)
+    first_global = symtab.info
+    section_sym: dict[int, int] = {}
+    for s in elf.symbols:
+        if s.type == STT_SECTION and s.bind == STB_LOCAL:
+            section_sym.setdefault(s.shndx, s.index)
+    needed = sorted({r.section for r in rows} - set(section_sym))
+    if needed:
+        new_syms = b"".join(_SYM.pack(0, STT_SECTION, 0, sec, 0, 0) for sec in needed)
+        shift = len(needed)
+        sym_data = (sym_data[: first_global * _SYM.size] + new_syms
+                    + sym_data[first_global * _SYM.size:])
+        for i, sec in enumerate(needed):
+            section_sym[sec] = first_global + i
+        headers[elf.symtab_index][7] = first_global + shift    # sh_info
+        overrides[elf.symtab_index] = bytes(sym_data)
+        for sec in elf.sections:
+            if sec.type == SHT_RELA and sec.link == elf.symtab_index:
+                body = bytearray(sec.data)
+                for off in range(0, len(body) - len(body) % 24, 24):
+                    r_off, info, addend = _RELA.unpack_from(body, off)
+                    sym = info >> 32
+                    if sym >= first_global:
+                        _RELA.pack_into(body, off, r_off, ((sym + shift) << 32) | (info & 0xFFFFFFFF),
+                                        addend)
+                overrides[sec.index] = bytes(body)
+            elif sec.type == 17 and sec.link == elf.symtab_index and sec.info >= first_global:
+                headers[sec.index][7] = sec.info + shift   # SHT_GROUP signature symbol
+
+    orc = b"".join(pack_entry(r.entry) for r in rows)
+    ip = bytes(4 * len(rows))
+    rela = b"".join(_RELA.pack(4 * i, (section_sym[r.section] << 32) | R_X86_64_PC32, r.offset)
+                    for i, r in enumerate(rows))
+
+    shstr = bytearray(elf.sections[shstrndx].data)
+    names = {}
+    for n in (".orc_unwind", ".orc_unwind_ip", ".rela.orc_unwind_ip"):
+        names[n] = len(shstr)
+        shstr += n.encode() + b"\0"
+    overrides[shstrndx] = bytes(shstr)
+
+    out = raw
+    for idx, body in overrides.items():
+        out += b"\0" * (_align(len(out), 8) - len(out))
+        headers[idx][4] = len(out)   # sh_offset
+        headers[idx][5] = len(body)  # sh_size
+        out += body
+    new_headers = []
+    orc_idx = len(headers)
+    for name, body, typ, flags, entsize, align, link, info in (
+            (".orc_unwind", orc, SHT_PROGBITS, SHF_ALLOC, 6, 1, 0, 0),
+            (".orc_unwind_ip", ip, SHT_PROGBITS, SHF_ALLOC, 4, 1, 0, 0),
+            (".rela.orc_unwind_ip", rela, SHT_RELA, SHF_INFO_LINK, 24, 8, elf.symtab_index,
+             orc_idx + 1)):
+        out += b"\0" * (_align(len(out), 8) - len(out))
+        new_headers.append([names[name], typ, flags, 0, len(out), len(body), link, info, align,
+                            entsize])
+        out += body
+    if not rows:
+        new_headers = []
+    out += b"\0" * (_align(len(out), 8) - len(out))
+    new_shoff = len(out)
+    for h in headers + new_headers:
+        out += _SHDR.pack(*h)
+    struct.pack_into("<Q", out, 0x28, new_shoff)
+    struct.pack_into("<H", out, 0x3C, len(headers) + len(new_headers))
+    return bytes(out)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write via a temporary file in the same directory and rename over ``path``."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".framevet-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,254 @@
+"""Annotations: objtool's ``.discard.*`` sections and framevet's TOML sidecar.
+
+An unlinked object may still carry objtool's annotations (unwind hints,
+(un)reachable marks, intra-function calls, STACK_FRAME_NON_STANDARD, retpoline
+safe marks); they are honoured exactly as objtool does.  A linked module has
+lost them, and hand-written code may never have had them: the sidecar
+(``--hints FILE``, default ``framevet.toml`` beside the input) declares the same
+facts without touching the source (design §6)::
+
+    [xen_page_fault]            # seed 000: pop %rcx; pop %r11; jmp handler
+    entry = "iret"              # "iret" | "regs" | "call"
+    extra_words = 2
+    [load_guest_gprs]           # seed 001: non-standard convention
+    clobbers = ["rbx", "rbp", "r12"]
+    [my_die]
+    noreturn = true
+    [copy_args]
+    stack_args = 2              # may read/write 2 argument words above the return address
+    [framevet]
+    intra_function_calls = ["stub+0x10"]
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from framevet import decode as d
+from framevet.cfg import Program
+from framevet.errors import InputError
+from framevet.load.elf import STT_FUNC, STT_SECTION
+from framevet.load.inputs import LoadedObject
+from framevet.state import (
+    CFA_BASE,
+    CFA_OFF,
+    END,
+    REGS,
+    STACK,
+    STATE_LEN,
+    T_CALL,
+    T_ENTRY,
+    T_FUNC,
+    T_REGS,
+    T_REGS_PARTIAL,
+    T_RESTORE,
+    T_SAVE,
+    TYPE,
+    UNDEFINED,
+    blank_state,
+    func_entry_state,
+)
+
+#: ORC register numbers in hints -> CFA base
+_HINT_REG = {0: UNDEFINED, 5: d.SP, 4: d.BP, 9: -3, 6: d.R10, 7: d.R13, 3: d.DI, 2: d.DX}
+REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}
+
+
+@dataclass
+class FunctionDecl:
+    entry: str = "call"
+    extra_words: int = 0
+    clobbers: frozenset[int] = frozenset()
+    noreturn: bool = False
+    stack_args: int = 0
+
+
+@dataclass
+class Hints:
+    cfi: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    save: set[int] = field(default_factory=set)
+    restore: set[int] = field(default_factory=set)
+    ignored_gids: set[int] = field(default_factory=set)
+    retpoline_safe: set[int] = field(default_factory=set)
+    functions: dict[str, FunctionDecl] = field(default_factory=dict)
+    source: str | None = None
+
+
+def _key(state: list[int]) -> tuple[int, ...]:
+    return tuple(state[0:9]) + tuple(state[REGS:STATE_LEN])
+
+
+def read_hints(obj: LoadedObject, prog: Program, sidecar: str | None = None) -> Hints:
+    h = Hints()
+    _discard_sections(prog, h)
+    path = sidecar
+    if path is None:
+        cand = os.path.join(os.path.dirname(os.path.abspath(obj.elf.path.split("(")[0])),
+                            "framevet.toml")
+        path = cand if os.path.isfile(cand) else None
+    if path is not None:
+        _sidecar(path, prog, h)
+    return h
+
+
+def _targets(prog: Program, name: str) -> list[tuple[int, int]]:
+    """(section, offset) each relocation of ``.rela<name>`` points at."""
+    elf = prog.elf
+    sec = elf.section(name)
+    if sec is None:
+        return []
+    out = []
+    for r in elf.relocs.get(sec.index, []):
+        sym = elf.symbols[r.sym]
+        if sym.defined:
+            out.append((sym.shndx, sym.offset + r.addend, r.offset))
+    return [(a, b) for a, b, _ in sorted(out, key=lambda t: t[2])]
+
+
+def _discard_sections(prog: Program, h: Hints) -> None:
+    elf = prog.elf
+    for sec, off in _targets(prog, ".discard.unreachable"):
+        g = prog.gid(sec, off)
+        g = prog.prev_same_sec(g) if g >= 0 else prog.gid(sec, _last_off(prog, sec))
+        if g >= 0:
+            prog.dead_end[g] = 1
+    for sec, off in _targets(prog, ".discard.reachable"):
+        g = prog.gid(sec, off)
+        g = prog.prev_same_sec(g) if g >= 0 else -1
+        if g >= 0:
+            prog.dead_end[g] = 0
+    for sec, off in _targets(prog, ".discard.intra_function_calls"):
+        g = prog.gid(sec, off)
+        if g >= 0 and prog.kind[g] in (d.CALL, d.JUMP_UNCOND):
+            dest = prog.gid(sec, prog.off[g] + prog.length[g] + _rel32(prog, g))
+            if dest >= 0:
+                prog.kind[g] = d.JUMP_UNCOND
+                prog.jump_dest[g] = dest
+                prog.call_dest[g] = None
+                prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
+                prog.intra_calls.add(g)
+    for sec, off in _targets(prog, ".discard.retpoline_safe"):
+        g = prog.gid(sec, off)
+        if g >= 0:
+            h.retpoline_safe.add(g)
+    fs = elf.section(".discard.func_stack_frame_non_standard")
+    if fs is not None:
+        for r in elf.relocs.get(fs.index, []):
+            sym = elf.symbols[r.sym]
+            off = sym.offset + (r.addend if sym.type == STT_SECTION else 0)
+            g = prog.gid(sym.shndx, off)
+            if g >= 0 and prog.func[g] >= 0 and (sym.type in (STT_FUNC, STT_SECTION)):
+                h.ignored_gids.update(prog.func_insns(prog.func[g]))
+    _unwind_hints(prog, h)
+
+
+def _rel32(prog: Program, g: int) -> int:
+    data = prog.elf.sections[prog.sec_of[g]].data
+    end = prog.off[g] + prog.length[g]
+    return int(struct.unpack_from("<i", data, end - 4)[0])
+
+
+def _last_off(prog: Program, sec: int) -> int:
+    ds = prog.secmap.get(sec)
+    return ds.off[-1] if ds is not None and len(ds) else -1
+
+
+def _unwind_hints(prog: Program, h: Hints) -> None:
+    elf = prog.elf
+    sec = elf.section(".discard.unwind_hints")
+    if sec is None or not sec.data:
+        return
+    func_cfi = _key(func_entry_state())
+    cfi = blank_state()
+    for i in range(len(sec.data) // 12):
+        r = elf.reloc_at(sec.index, 12 * i)
+        if r is None:
+            raise InputError(elf.path, f"can't find reloc for unwind_hints[{i}]")
+        sym = elf.symbols[r.sym]
+        g = prog.gid(sym.shndx, sym.offset + r.addend)
+        if g < 0:
+            raise InputError(elf.path, f"can't find insn for unwind_hints[{i}]")
+        sp_off, sp_reg, typ, end = struct.unpack_from("<hBBB", sec.data, 12 * i + 4)
+        if typ == T_SAVE:
+            h.save.add(g)
+            continue
+        if typ == T_RESTORE:
+            h.restore.add(g)
+            continue
+        if typ == T_ENTRY:
+            typ = T_CALL
+        if typ == T_FUNC:
+            h.cfi[g] = func_cfi
+            continue
+        base = _HINT_REG.get(sp_reg)
+        if base is None:
+            raise InputError(elf.path, f"unsupported unwind_hint sp base reg {sp_reg}")
+        cfi[CFA_BASE] = base
+        cfi[CFA_OFF] = sp_off
+        cfi[TYPE] = typ
+        cfi[END] = end
+        h.cfi[g] = _key(cfi)
+
+
+def _sidecar(path: str, prog: Program, h: Hints) -> None:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise InputError(path, exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"invalid TOML: {exc}") from None
+    h.source = path
+    fv = data.pop("framevet", {})
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise InputError(path, f"[{name}] must be a table")
+        h.functions[name] = _decl(path, name, spec)
+    for spot in fv.get("intra_function_calls", []):
+        g = _resolve(prog, spot)
+        if g < 0:
+            raise InputError(path, f"intra_function_calls: no instruction at {spot}")
+        dest = prog.gid(prog.sec_of[g], prog.off[g] + prog.length[g] + _rel32(prog, g))
+        if dest >= 0:
+            prog.kind[g] = d.JUMP_UNCOND
+            prog.jump_dest[g] = dest
+            prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
+    for fi, f in enumerate(prog.functions):
+        decl = h.functions.get(f.name)
+        if decl is None or decl.entry == "call" and not decl.extra_words:
+            continue
+        g = prog.gid(f.sec, f.start)
+        if g < 0:
+            continue
+        st = func_entry_state()
+        st[TYPE] = {"iret": T_REGS_PARTIAL, "regs": T_REGS, "call": T_CALL}[decl.entry]
+        st[CFA_OFF] = 8 * decl.extra_words + (8 if decl.entry == "call" else 0)
+        st[STACK] = st[CFA_OFF]
+        h.cfi[g] = _key(st)
+        del fi
+
+
+def _decl(path: str, name: str, spec: dict[str, Any]) -> FunctionDecl:
+    entry = spec.get("entry", "call")
+    if entry not in ("iret", "regs", "call"):
+        raise InputError(path, f"[{name}] entry must be iret, regs or call")
+    regs = set()
+    for r in spec.get("clobbers", []):
+        if r not in REG_BY_NAME:
+            raise InputError(path, f"[{name}] unknown register {r!r} in clobbers")
+        regs.add(REG_BY_NAME[r])
+    return FunctionDecl(entry, int(spec.get("extra_words", 0)), frozenset(regs),
+                        bool(spec.get("noreturn", False)), int(spec.get("stack_args", 0)))
+
+
+def _resolve(prog: Program, spot: str) -> int:
+    name, _, off = spot.partition("+")
+    offset = int(off, 0) if off else 0
+    for f in prog.functions:
+        if f.name == name:
+            return prog.gid(f.sec, f.start + offset)
+    return -1

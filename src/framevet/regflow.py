@@ -1,0 +1,288 @@
+"""Where the caller's callee-saved registers live, per instruction (framevet's own).
+
+objtool tracks only *saves to the stack*; it never asks whether rbx still
+holds the caller's value at a return.  This is a must-analysis over a
+function's instructions: for each of rbx, rbp, r12-r15, the set of places
+(registers, CFA-relative stack slots) that certainly hold the caller's value.
+A move copies, a write kills, a push/store saves, a pop/load restores; joins
+intersect.  At every return and tail call the register itself must be in its
+own set.
+
+Register effects come from iced-x86's instruction info (every implicit write:
+cpuid's rbx, xchg, cmpxchg, ...), decoded again only for the functions checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import iced_x86
+from iced_x86 import OpAccess, OpKind, Register, RegisterExt
+
+from framevet import decode as d
+from framevet.cfg import Program, is_noreturn, is_sibling_call
+from framevet.state import (
+    CALLEE_SAVED,
+    CFA,
+    CFA_BASE,
+    CFA_OFF,
+    DRAP,
+    DRAP_REG,
+    STACK,
+    UNDEFINED,
+)
+
+#: where rbp's save rule sits in an interned CFI tuple
+REGS_BP = 9 + 2 * d.BP
+
+TRACKED = (d.BX, d.BP, d.R12, d.R13, d.R14, d.R15)
+_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE, OpAccess.READ_COND_WRITE)
+_MEM_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE,
+               OpAccess.READ_COND_WRITE)
+_FULL = {}
+for _r in range(1, 256):
+    try:
+        _full = RegisterExt.full_register(_r)
+    except Exception:  # noqa: BLE001 - not every number is a register
+        continue
+    _FULL[_r] = _full
+_HW64 = {getattr(Register, n): i for i, n in enumerate(
+    ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI"] + [f"R{k}" for k in range(8, 16)])}
+
+
+@dataclass(slots=True)
+class Effect:
+    """What one instruction does to registers and stack memory."""
+
+    writes: int = 0            # bit mask of hardware registers written
+    move: tuple[int, int] | None = None          # mov %src64, %dst64
+    store: tuple[int, int, int, int] | None = None  # (src reg or -1, base, disp, size)
+    load: tuple[int, int, int] | None = None     # (dst reg, base, disp)
+
+
+_factory = iced_x86.InstructionInfoFactory()
+
+
+def effects(prog: Program, gids: list[int]) -> dict[int, Effect]:
+    """Decode ``gids`` again with full operand information."""
+    out: dict[int, Effect] = {}
+    for g in gids:
+        sec = prog.elf.sections[prog.sec_of[g]]
+        off, n = prog.off[g], prog.length[g]
+        ins = iced_x86.Decoder(64, sec.data[off:off + n], ip=off).decode()
+        out[g] = _effect(ins)
+    return out
+
+
+def _effect(ins: iced_x86.Instruction) -> Effect:
+    e = Effect()
+    info = _factory.info(ins)
+    for ur in info.used_registers():
+        if ur.access in _WRITES:
+            hw = _HW64.get(_FULL.get(ur.register, 0))
+            if hw is not None:
+                e.writes |= 1 << hw
+    mn = ins.mnemonic
+    if (mn == iced_x86.Mnemonic.MOV and ins.op_count == 2 and ins.op0_kind == OpKind.REGISTER
+            and ins.op1_kind == OpKind.REGISTER):
+        dst, src = _HW64.get(ins.op0_register), _HW64.get(ins.op1_register)
+        if dst is not None and src is not None:
+            e.move = (src, dst)
+    for um in info.used_memory():
+        base = _HW64.get(um.base)
+        if base not in (d.SP, d.BP) or um.index != Register.NONE:
+            continue
+        disp = um.displacement - (1 << 64) if um.displacement >= 1 << 63 else um.displacement
+        if um.access in _MEM_WRITES and mn != iced_x86.Mnemonic.PUSH and \
+                mn != iced_x86.Mnemonic.CALL:
+            src = -1
+            if mn == iced_x86.Mnemonic.MOV and ins.op1_kind == OpKind.REGISTER:
+                src = _HW64.get(ins.op1_register, -1)
+            size = iced_x86.MemorySizeExt.size(um.memory_size) if hasattr(
+                iced_x86, "MemorySizeExt") else 8
+            e.store = (src, base, disp, size or 8)
+        elif (um.access == OpAccess.READ and mn == iced_x86.Mnemonic.MOV
+              and ins.op0_kind == OpKind.REGISTER):
+            dst = _HW64.get(ins.op0_register)
+            if dst is not None:
+                e.load = (dst, base, disp)
+    return e
+
+
+def slot_of(cfi: tuple[int, ...] | None, base: int, disp: int) -> int | None:
+    """CFA-relative offset of ``disp(%base)`` given the CFA state before the instruction
+    (None when unknown, or inside a realigned DRAP frame)."""
+    if cfi is None or cfi[CFA_BASE] == UNDEFINED or cfi[DRAP]:
+        return None
+    if base == d.SP:
+        if cfi[CFA_BASE] == d.SP:
+            return disp - cfi[CFA_OFF]
+        return disp - cfi[STACK]
+    if base == d.BP and cfi[CFA_BASE] == d.BP:
+        return disp - cfi[CFA_OFF]
+    return None
+
+
+Places = frozenset[int]   # register r -> r ; stack slot -> _slot(...)
+SLOT = 1 << 20
+FRAME = 1 << 18
+
+
+def _slot(k: int, cfi: tuple[int, ...] | None = None) -> int:
+    """A stack slot's key.  Inside a DRAP-realigned frame objtool's stack size counts from
+    the new frame base, so those slots get a numbering space of their own."""
+    return SLOT + k + (FRAME if cfi is not None and cfi[DRAP] else 0)
+
+
+def _frame_slot(cfi: tuple[int, ...] | None, base: int, disp: int) -> int | None:
+    """Key of ``disp(%base)`` inside a DRAP frame (rbp = frame base after push %rbp)."""
+    if cfi is None or not cfi[DRAP]:
+        return None
+    if base == d.BP:
+        return _slot(disp, cfi)
+    if base == d.SP:
+        return _slot(disp - cfi[STACK], cfi)
+    return None
+
+
+def _key(cfi: tuple[int, ...] | None, base: int, disp: int) -> int | None:
+    k = slot_of(cfi, base, disp)
+    if k is not None:
+        return _slot(k)
+    return _frame_slot(cfi, base, disp)
+
+
+@dataclass(slots=True)
+class Clobber:
+    gid: int          # the return / tail call
+    regs: tuple[int, ...]
+
+
+def callee_saved_clobbers(prog: Program, cfi: list[tuple[int, ...] | None], fi: int,
+                          allowed: frozenset[int] = frozenset(),
+                          summaries: dict[int, frozenset[int]] | None = None) -> list[Clobber]:
+    """Returns and tail calls of function ``fi`` where a callee-saved register does
+    not hold the caller's value (registers in ``allowed`` are declared clobbers).
+    ``summaries`` maps a callee's symbol index to the callee-saved registers it is
+    known not to preserve (local helpers with their own convention)."""
+    summaries = summaries or {}
+    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
+    if not gids:
+        return []
+    eff = effects(prog, gids)
+    start = gids[0]
+    init: tuple[Places, ...] = tuple(frozenset({r}) for r in TRACKED)
+    state_in: dict[int, tuple[Places, ...]] = {start: init}
+    work = [start]
+    out: dict[int, Clobber] = {}
+    member = set(gids)
+    while work:
+        g = work.pop()
+        st = state_in[g]
+        k = prog.kind[g]
+        if k == d.RETURN or is_sibling_call(prog, g):
+            bad = tuple(r for i, r in enumerate(TRACKED) if r not in st[i] and r not in allowed)
+            if bad:
+                out[g] = Clobber(g, bad)
+            if k == d.RETURN:
+                continue
+        nst = _apply(st, eff.get(g), cfi[g], prog, g)
+        cd = prog.call_dest[g]
+        if cd is not None and prog.kind[g] == d.CALL and cd.index in summaries:
+            kill = summaries[cd.index]
+            nst = tuple(frozenset(p - kill) for p in nst)
+        for s in _successors(prog, g):
+            if s not in member:
+                continue
+            old = state_in.get(s)
+            new = nst if old is None else tuple(a & b for a, b in zip(old, nst, strict=True))
+            if old != new:
+                state_in[s] = new
+                work.append(s)
+    return sorted(out.values(), key=lambda c: c.gid)
+
+
+def _successors(prog: Program, g: int) -> list[int]:
+    k = prog.kind[g]
+    out = [a for a, _ in prog.alts.get(g, ()) if a >= 0]
+    if k in (d.RETURN, d.JUMP_DYNAMIC, d.CONTEXT_SWITCH) or prog.dead_end[g]:
+        return out
+    if k == d.JUMP_COND or k == d.JUMP_UNCOND:
+        if prog.jump_dest[g] >= 0 and prog.call_dest[g] is None:
+            out.append(prog.jump_dest[g])
+        if k == d.JUMP_UNCOND:
+            return out
+    if k == d.CALL and is_noreturn(prog, prog.call_dest[g]):
+        return out
+    n = prog.next_same_sec(g)
+    if n >= 0:
+        out.append(n)
+    return out
+
+
+def _apply(st: tuple[Places, ...], e: Effect | None, cfi: tuple[int, ...] | None,
+           prog: Program, g: int) -> tuple[Places, ...]:
+    places = [set(p) for p in st]
+    ops = prog.ops[g]
+    k = prog.kind[g]
+    if ops:
+        for op in ops:
+            dtype, dreg, _, stype, sreg, _ = op
+            if dtype == d.D_PUSH and stype == d.S_REG and cfi is not None:
+                drap_bp = cfi[DRAP] and sreg == d.BP and cfi[CFA_BASE] == cfi[DRAP_REG]
+                sl = _slot(0 if drap_bp else -(cfi[STACK] + 8), cfi)
+                for p in places:
+                    p.discard(sl)
+                    if sreg in p:
+                        p.add(sl)
+            elif stype == d.S_POP and dtype == d.D_REG and cfi is not None:
+                stack = cfi[STACK]
+                if len(ops) == 2:
+                    # leave: rsp = rbp first, so the pop reads rbp's own save slot
+                    if cfi[REGS_BP] != CFA:
+                        continue
+                    stack = -cfi[REGS_BP + 1]
+                sl = _slot(-stack, cfi)
+                for p in places:
+                    p.discard(dreg)
+                    if sl in p:
+                        p.add(dreg)
+    if e is not None:
+        if e.store is not None:
+            src, base, disp, _ = e.store
+            sl2 = _key(cfi, base, disp)
+            if sl2 is not None:
+                sl = sl2
+                for p in places:
+                    p.discard(sl)
+                    if src >= 0 and src in p:
+                        p.add(sl)
+        written = e.writes
+        if ops and any(op[3] == d.S_POP for op in ops):
+            written &= ~(1 << d.SP)
+            for op in ops:
+                if op[3] == d.S_POP and op[0] == d.D_REG:
+                    written &= ~(1 << op[1])
+        loaded: tuple[int, int] | None = None
+        if e.load is not None:
+            dst, base, disp = e.load
+            sl3 = _key(cfi, base, disp)
+            if sl3 is not None:
+                loaded = (dst, sl3)
+        moved = e.move
+        for p in places:
+            had_src = moved is not None and moved[0] in p
+            had_slot = loaded is not None and loaded[1] in p
+            for r in range(16):
+                if written >> r & 1:
+                    p.discard(r)
+            if had_src and moved is not None:
+                p.add(moved[1])
+            if had_slot and loaded is not None:
+                p.add(loaded[0])
+    if k == d.CALL or k == d.CALL_DYNAMIC:
+        for p in places:
+            for r in range(16):
+                if r not in CALLEE_SAVED:
+                    p.discard(r)
+    return tuple(frozenset(p) for p in places)

@@ -1,0 +1,99 @@
+"""callee-saved-clobber: rbx, rbp, r12-r15 must hold the caller's value at every exit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from framevet import decode as d
+from framevet.load.elf import STB_LOCAL, STT_SECTION
+from framevet.regflow import callee_saved_clobbers
+from framevet.rules import Rule, register
+
+if TYPE_CHECKING:
+    from framevet.analysis import Context
+    from framevet.report.findings import Finding
+
+
+def check(ctx: Context) -> Iterator[Finding]:
+    """Local helpers whose address is never taken may have their own convention
+    (crypto assembly's ``__poly1305_block`` clobbers rbx): their clobbers become a
+    summary applied at their call sites, and only exported or address-taken
+    functions answer for the ABI."""
+    prog, cfi = ctx.prog, ctx.result.cfi
+    private = _private_functions(ctx)
+    summaries: dict[int, frozenset[int]] = {}
+    for _ in range(3):
+        changed = False
+        for fi in private:
+            f = prog.functions[fi]
+            regs = frozenset(r for c in callee_saved_clobbers(prog, cfi, fi, frozenset(),
+                                                               summaries) for r in c.regs)
+            if summaries.get(f.sym.index, frozenset()) != regs:
+                summaries[f.sym.index] = regs
+                changed = True
+        if not changed:
+            break
+    for fi, f in enumerate(prog.functions):
+        if not f.canonical or f.parent != fi or fi in private:
+            continue
+        decl = ctx.hints.functions.get(f.name)
+        if decl is not None and decl.entry != "call":
+            continue  # entry stubs do not return to a C caller
+        allowed = decl.clobbers if decl is not None else frozenset()
+        for c in callee_saved_clobbers(prog, cfi, fi, allowed, summaries):
+            names = ", ".join(d.REG_NAMES[r] for r in c.regs)
+            what = "return" if prog.kind[c.gid] == d.RETURN else "tail call"
+            yield ctx.finding(c.gid, RULE.id,
+                              f"{what} with callee-saved {names} not holding the caller's value",
+                              registers=[d.REG_NAMES[r] for r in c.regs])
+
+
+def _private_functions(ctx: Context) -> set[int]:
+    """Local functions reached only by direct calls and jumps (no relocation in data
+    or in a non-branch instruction points at them)."""
+    prog, elf = ctx.prog, ctx.prog.elf
+    taken: set[tuple[int, int]] = set()
+    branch_kinds = (d.CALL, d.JUMP_COND, d.JUMP_UNCOND)
+    for sec_index, rels in elf.relocs.items():
+        is_code = sec_index in prog.base
+        for r in rels:
+            sym = elf.symbols[r.sym]
+            if not sym.defined:
+                continue
+            if is_code:
+                g = _insn_at(prog, sec_index, r.offset)
+                if g >= 0 and prog.kind[g] in branch_kinds:
+                    continue
+            addend = r.addend + (4 if r.type in (2, 4) else 0)
+            taken.add((sym.shndx, sym.offset + (addend if sym.type == STT_SECTION else 0)))
+    out = set()
+    for fi, f in enumerate(prog.functions):
+        if (f.canonical and f.parent == fi and f.sym.bind == STB_LOCAL
+                and (f.sec, f.start) not in taken and f.name not in ctx.hints.functions):
+            out.add(fi)
+    return out
+
+
+def _insn_at(prog: object, sec: int, off: int) -> int:
+    """The instruction whose bytes hold ``sec+off`` (relocations sit inside them)."""
+    p = prog
+    ds = p.secmap.get(sec)  # type: ignore[attr-defined]
+    if ds is None:
+        return -1
+    from bisect import bisect_right
+
+    i = bisect_right(ds.off, off) - 1
+    return p.base[sec] + i if i >= 0 else -1  # type: ignore[attr-defined]
+
+
+RULE = register(Rule(
+    "callee-saved-clobber", "callee-saved register not preserved",
+    "on some path to a return or tail call, rbx, rbp or r12-r15 does not hold the value it had "
+    "on entry (a copy moved to another register and back, or saved and restored, counts)",
+    "the SysV ABI lets the caller keep live values in these registers across the call; "
+    "clobbering one corrupts the caller silently, far from the bug",
+    "save the register (push or a slot in your own frame) before using it and restore it on "
+    "every exit; if the convention is deliberately non-standard, declare it in framevet.toml "
+    "(clobbers = [...])",
+    severity="error", family="framevet", check=check))

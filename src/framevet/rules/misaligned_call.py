@@ -1,0 +1,41 @@
+"""call-misaligned-stack (profile user): rsp must be 16-byte aligned at every call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from framevet import decode as d
+from framevet.rules import Rule, register
+from framevet.state import CFA_BASE, DRAP, STACK, UNDEFINED
+
+if TYPE_CHECKING:
+    from framevet.analysis import Context
+    from framevet.report.findings import Finding
+
+
+def check(ctx: Context) -> Iterator[Finding]:
+    prog, cfi = ctx.prog, ctx.result.cfi
+    for g, k in enumerate(prog.kind):
+        if k != d.CALL and k != d.CALL_DYNAMIC:
+            continue
+        c = cfi[g]
+        if c is None or c[CFA_BASE] == UNDEFINED or c[DRAP] or prog.func[g] < 0:
+            continue
+        if g in prog.intra_calls:
+            continue
+        # on entry rsp = CFA - 8 and CFA is 16-aligned; rsp at the call = CFA - stack_size
+        if c[STACK] % 16 != 0:
+            yield ctx.finding(g, RULE.id,
+                              f"call with rsp not 16-byte aligned (rsp=cfa-{c[STACK]})",
+                              stack=c[STACK])
+
+
+RULE = register(Rule(
+    "call-misaligned-stack", "rsp not 16-byte aligned at a call (profile user)",
+    "a call made while rsp is not a multiple of 16 (the CFA is 16-aligned by the ABI, so "
+    "the pushed bytes below it must be too)",
+    "the SysV ABI guarantees 16-byte alignment at calls; callees use movaps on stack slots "
+    "and crash (glibc's printf with SSE, any -mavx code)",
+    "adjust the frame size (sub $8,%rsp) so that pushes plus locals are a multiple of 16",
+    profiles=("user",), family="framevet", check=check))

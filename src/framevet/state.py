@@ -1,0 +1,52 @@
+"""The stack state's layout: one flat list of ints, and its constructors.
+
+Index constants name the fields; the state recorded per instruction is the
+tuple ``state[0:9] + state[REGS:]`` (see :data:`CFI_FIELDS`), interned.
+"""
+
+from __future__ import annotations
+
+from framevet import decode as d
+
+# CFI bases besides hardware registers 0..15
+UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4
+RA = 16
+NREGS = 17
+
+# state layout
+CFA_BASE, CFA_OFF, STACK, DRAP, DRAP_REG, DRAP_OFF, BP_SCRATCH, TYPE, END = range(9)
+UACCESS, UACCESS_STACK, DF = 9, 10, 11
+REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
+VALS = REGS + 2 * NREGS
+STATE_LEN = VALS + 2 * NREGS
+CFI_FIELDS = list(range(0, 9)) + list(range(REGS, STATE_LEN))
+
+# hint / ORC types
+T_CALL, T_REGS, T_REGS_PARTIAL, T_FUNC, T_ENTRY, T_SAVE, T_RESTORE = range(7)
+
+CALLEE_SAVED = frozenset({d.BX, d.BP, d.R12, d.R13, d.R14, d.R15})
+
+
+def blank_state() -> list[int]:
+    s = [0] * STATE_LEN
+    s[CFA_BASE] = UNDEFINED
+    s[DRAP_REG] = UNDEFINED
+    s[DRAP_OFF] = -1
+    for r in range(NREGS):
+        s[REGS + 2 * r] = UNDEFINED
+        s[VALS + 2 * r] = UNDEFINED
+    return s
+
+
+def func_entry_state() -> list[int]:
+    s = blank_state()
+    s[CFA_BASE] = d.SP
+    s[CFA_OFF] = 8
+    s[REGS + 2 * RA] = CFA
+    s[REGS + 2 * RA + 1] = -8
+    s[STACK] = 8
+    return s
+
+
+_ENTRY = func_entry_state()
+INITIAL_REGS = tuple(_ENTRY[REGS:VALS])
