@@ -116,6 +116,12 @@ class Program:
     return_thunks: set[int] = field(default_factory=set)
     #: functions declared noreturn (framevet.toml)
     declared_noreturn: set[str] = field(default_factory=set)
+    #: gid -> callee-saved registers the instruction may write (see decode)
+    cs_writes: dict[int, int] = field(default_factory=dict)
+    #: gids that may store through an rsp/rbp-based memory operand (see decode)
+    stack_stores: list[int] = field(default_factory=list)
+    #: 1 for the last instruction of each section
+    sec_last: bytearray = field(default_factory=bytearray)
     profile: str = "kernel"
     ignore_unreachables: bool = False
     secmap: dict[int, DecodedSection] = field(default_factory=dict)
@@ -129,10 +135,7 @@ class Program:
         return -1 if i is None else self.base[sec] + i
 
     def next_same_sec(self, g: int) -> int:
-        n = g + 1
-        if n < len(self.off) and self.sec_of[n] == self.sec_of[g]:
-            return n
-        return -1
+        return -1 if self.sec_last[g] else g + 1
 
     def prev_same_sec(self, g: int) -> int:
         p = g - 1
@@ -188,15 +191,55 @@ def build(elf: ElfObject, profile: str = "kernel") -> Program:
                    [None] * n, bytearray(n), {}, bytearray(n), {}, [], [], set(), set(), set(),
                    [], profile=profile)
     prog.secmap = {ds.index: ds for ds in decoded}
+    prog.sec_last = bytearray(n)
+    for ds in decoded:
+        b = base[ds.index]
+        if len(ds):
+            prog.sec_last[b + len(ds) - 1] = 1
+        prog.cs_writes.update({b + i: m for i, m in ds.cs_writes.items()})
+        prog.stack_stores.extend(b + i for i in ds.stack_stores)
     _functions(prog, syms_by_sec)
     _special_sections(prog)
     _jump_destinations(prog, target)
     _call_destinations(prog, target)
     _dead_ends(prog)
+    if profile == "user":
+        _user_fixups(prog)
     from framevet.jumptable import add_jump_tables
 
     add_jump_tables(prog)
     return prog
+
+
+def _user_sizes(prog: Program, funcs: list[Function],
+                syms_by_sec: dict[int, list[Symbol]]) -> None:
+    """Profile user: an STT_FUNC without a size (assembly without ``.size``) runs up
+    to the next symbol of its section, or the section's end."""
+    for f in funcs:
+        if f.end > f.start:
+            continue
+        nxt = [s.offset for s in syms_by_sec.get(f.sec, ()) if s.offset > f.start]
+        f.end = min(nxt) if nxt else prog.elf.sections[f.sec].size
+
+
+def _user_fixups(prog: Program) -> None:
+    """Profile user: ``syscall`` returns to the next instruction; a call followed by
+    nothing but padding up to its function's end (or the next function) cannot
+    return, so it is a dead end even when framevet does not know the callee."""
+    kind, func = prog.kind, prog.func
+    data = {ds.index: prog.elf.sections[ds.index].data for ds in prog.sections}
+    for g, k in enumerate(kind):
+        if k == d.CONTEXT_SWITCH and prog.length[g] == 2 and \
+                data[prog.sec_of[g]][prog.off[g]:prog.off[g] + 2] == b"\x0f\x05":
+            kind[g] = d.OTHER
+    for g, k in enumerate(kind):
+        if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
+            continue
+        n = prog.next_same_sec(g)
+        while n >= 0 and func[n] == func[g] and kind[n] in (d.NOP, d.TRAP):
+            n = prog.next_same_sec(n)
+        if n < 0 or func[n] != func[g]:
+            prog.dead_end[g] = 1
 
 
 def _iret_probe(funcs: list[Symbol]) -> object:
@@ -255,6 +298,8 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> None:
         pf = funcs[p]
         if pf.sec == f.sec and f.start >= pf.start and f.end == pf.end:
             pf.end -= f.end - f.start
+    if prog.profile == "user":
+        _user_sizes(prog, funcs, syms_by_sec)
     prog.functions = funcs
     func = prog.func
     for i, f in enumerate(funcs):

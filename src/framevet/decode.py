@@ -131,6 +131,23 @@ _IRET_IN_FUNC: tuple[StackOp, ...] = ((D_REG, SP, 0, S_ADD, SP, 40),)
 _PUSH_REG = tuple(((D_PUSH, 0, 0, S_REG, r, 0),) for r in range(16))
 _POP_REG = tuple(((D_REG, r, 0, S_POP, 0, 0),) for r in range(16))
 
+_CS_HW = (BX, BP, R12, R13, R14, R15)
+_CS_REG = {reg: 1 << hw for reg, hw in _HW.items() if hw in _CS_HW}
+_ALL_CS = sum(1 << r for r in _CS_HW)
+#: instructions that write callee-saved registers other than through operand 0
+_IMPLICIT_CS = {c: 0 for c in _codes(
+    "XCHG_RM64_R64", "XCHG_RM32_R32", "XCHG_RM16_R16", "XCHG_RM8_R8", "XCHG_R64_RAX",
+    "XCHG_R32_EAX", "XADD_RM64_R64", "XADD_RM32_R32")}
+_IMPLICIT_CS.update({c: 1 << BX for c in _codes("CPUID", "CMPXCHG16B_M128", "CMPXCHG8B_M64")})
+_IMPLICIT_CS.update({c: 1 << BP for c in _codes("LEAVEQ", "LEAVEW", "ENTERQ_IMM16_IMM8")})
+_IMPLICIT_CS.update({c: _ALL_CS for c in _codes("XRSTOR_MEM", "XRSTOR64_MEM", "POPAD",
+                                                 "SYSCALL", "VMCALL", "VMMCALL", "VMLAUNCH",
+                                                 "VMRESUME", "VMRUN")})
+
+#: instructions whose register operand 0 is only read
+_READS_OP0 = frozenset(getattr(Code, n) for n in dir(Code)
+                       if re.match(r"(PUSH|CMP|TEST|BT|CALL|JMP|UD[01])_", n))
+
 _MEM = OpKind.MEMORY
 _REGK = OpKind.REGISTER
 _RIP = Register.RIP
@@ -176,6 +193,11 @@ class DecodedSection:
     invalid: list[int] = field(default_factory=list)
     #: instruction numbers of VMLAUNCH/VMRESUME: execution resumes at the VMCS host RIP
     vm_entries: list[int] = field(default_factory=list)
+    #: instruction number -> bit mask of callee-saved registers it may write (an
+    #: over-approximation: it only selects functions for the exact register dataflow)
+    cs_writes: dict[int, int] = field(default_factory=dict)
+    #: instruction numbers that may store through an rsp/rbp-based memory operand
+    stack_stores: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.off)
@@ -192,12 +214,31 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
     invalid_code = Code.INVALID
     vm_launch, vm_resume = Code.VMLAUNCH, Code.VMRESUME
     decoder = iced_x86.Decoder(64, data, ip=0)
+    cs_writes = ds.cs_writes
+    cs_reg = _CS_REG
+    reads_op0 = _READS_OP0
+    stack_stores = ds.stack_stores
+    mem_kind = _MEM
+    frame_bases = (Register.RSP, Register.RBP)
+    implicit = _IMPLICIT_CS
     for ins in decoder:
         ip = ins.ip
         n = ins.len
+        code = ins.code
+        k0 = ins.op0_kind
+        if k0 == mem_kind:
+            if ins.memory_base in frame_bases and code not in reads_op0:
+                stack_stores.append(len(off_l))
+        elif k0 == _REGK:
+            r = cs_reg.get(ins.op0_register)
+            if r is not None and code not in reads_op0:
+                cs_writes[len(off_l)] = r
+            elif code in implicit:
+                cs_writes[len(off_l)] = implicit[code] | cs_reg.get(ins.op1_register, 0)
+        elif code in implicit:
+            cs_writes[len(off_l)] = implicit[code]
         off_l.append(ip)
         len_l.append(n)
-        code = ins.code
         cat = table.get(code)
         if cat is None:
             if code == invalid_code:

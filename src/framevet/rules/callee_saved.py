@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from framevet import decode as d
 from framevet.load.elf import STB_LOCAL, STT_SECTION
-from framevet.regflow import callee_saved_clobbers
+from framevet.regflow import TRACKED, callee_saved_clobbers
+from framevet.state import UNDEFINED
 from framevet.rules import Rule, register
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ def check(ctx: Context) -> Iterator[Finding]:
     summary applied at their call sites, and only exported or address-taken
     functions answer for the ABI."""
     prog, cfi = ctx.prog, ctx.result.cfi
-    private = _private_functions(ctx)
+    suspects = _suspects(ctx)
+    private = _private_functions(ctx) & suspects
     summaries: dict[int, frozenset[int]] = {}
     for _ in range(3):
         changed = False
@@ -35,7 +37,7 @@ def check(ctx: Context) -> Iterator[Finding]:
         if not changed:
             break
     for fi, f in enumerate(prog.functions):
-        if not f.canonical or f.parent != fi or fi in private:
+        if not f.canonical or f.parent != fi or fi in private or fi not in suspects:
             continue
         decl = ctx.hints.functions.get(f.name)
         if decl is not None and decl.entry != "call":
@@ -47,6 +49,38 @@ def check(ctx: Context) -> Iterator[Finding]:
             yield ctx.finding(c.gid, RULE.id,
                               f"{what} with callee-saved {names} not holding the caller's value",
                               registers=[d.REG_NAMES[r] for r in c.regs])
+
+
+def _suspects(ctx: Context) -> set[int]:
+    """Functions with an instruction that may write a callee-saved register while the
+    walk's state says the caller's value is not saved anywhere.  Everything else is
+    preserved by construction: objtool's walk already proved each saved register is
+    restored from its own slot before every return."""
+    prog, cfi = ctx.prog, ctx.result.cfi
+    out: set[int] = set()
+    for g, mask in prog.cs_writes.items():
+        fi = prog.func[g]
+        c = cfi[g]
+        if fi < 0 or c is None:
+            continue
+        for r in TRACKED:
+            if mask >> r & 1 and c[9 + 2 * r] == UNDEFINED:
+                out.add(prog.functions[fi].parent)
+                break
+    for fi in list(out):
+        out.update(i for i, f in enumerate(prog.functions) if f.parent == fi)
+    # callers of suspects inherit their summaries
+    grew = True
+    while grew:
+        grew = False
+        names = {prog.functions[fi].sym.index for fi in out}
+        for g, cd in enumerate(prog.call_dest):
+            if cd is not None and cd.index in names and prog.func[g] >= 0:
+                p = prog.functions[prog.func[g]].parent
+                if p not in out:
+                    out.add(p)
+                    grew = True
+    return out
 
 
 def _private_functions(ctx: Context) -> set[int]:

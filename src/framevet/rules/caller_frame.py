@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from framevet import decode as d
+from framevet.cfg import Program
 from framevet.regflow import effects, slot_of
 from framevet.rules import Rule, register
 from framevet.state import CFA_BASE, CFA_OFF, STACK
@@ -16,24 +17,23 @@ if TYPE_CHECKING:
 
 
 def check(ctx: Context) -> Iterator[Finding]:
-    """Both rules share one pass over each function's stack stores."""
+    """Both rules share one pass over the stores through rsp/rbp found at decode time."""
     prog, cfi = ctx.prog, ctx.result.cfi
-    for fi, f in enumerate(prog.functions):
-        if not f.canonical or f.parent != fi:
+    by_func: dict[int, list[int]] = {}
+    for g in prog.stack_stores:
+        fi = prog.func[g]
+        if fi >= 0 and cfi[g] is not None:
+            by_func.setdefault(prog.functions[fi].parent, []).append(g)
+    skip = {fi for fi, f in enumerate(prog.functions)
+            if (dcl := ctx.hints.functions.get(f.name)) is not None and dcl.entry != "call"}
+    for fi, gids in by_func.items():
+        if fi in skip:
             continue
-        decl = ctx.hints.functions.get(f.name)
-        if decl is not None and decl.entry != "call":
-            continue
+        decl = ctx.hints.functions.get(prog.functions[fi].name)
         stack_args = decl.stack_args if decl is not None else 0
-        gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
-        candidates = [g for g in gids if _may_store(prog, g)]
-        eff = effects(prog, candidates)
-        # a function that reads its caller's frame first takes stack arguments, and
-        # may write its own incoming argument area (vmread_error_trampoline's result slot)
-        first_arg_read = min((g for g in candidates if eff[g].load is not None
-                              and (k := slot_of(cfi[g], eff[g].load[1], eff[g].load[2]))
-                              is not None and k >= 0), default=None)
-        for g in candidates:
+        eff = effects(prog, gids)
+        first_arg_read: int | None = -1
+        for g in gids:
             e = eff[g]
             if e.store is None:
                 continue
@@ -44,24 +44,37 @@ def check(ctx: Context) -> Iterator[Finding]:
             if k <= -8 < k + size:
                 yield ctx.finding(g, RETURN_ADDRESS.id,
                                   f"store to the return address slot (cfa{k:+d})", slot=k)
-            elif k >= 8 * stack_args and k >= 0 and (first_arg_read is None
-                                                     or first_arg_read > g):
+                continue
+            if k < 0 or k < 8 * stack_args:
+                continue
+            if first_arg_read == -1:
+                first_arg_read = _first_argument_read(prog, cfi, fi)
+            # a function that reads its caller's frame first takes stack arguments and may
+            # write its own incoming argument area (vmread_error_trampoline's result slot)
+            if first_arg_read is None or first_arg_read > g:
                 yield ctx.finding(g, CALLER_FRAME.id,
-                                  f"store to the caller's frame at cfa{k:+d} (not a stack argument "
-                                  f"this function read first)", slot=k)
-        for g in gids:
-            if prog.kind[g] == d.RETURN:
-                c = cfi[g]
-                if c is not None and c[CFA_BASE] == d.SP and c[CFA_OFF] > 8 and c[STACK] > 8:
-                    yield ctx.finding(g, RETURN_ADDRESS.id,
-                                      "return to a pushed address, not to the caller "
-                                      f"(cfa=rsp+{c[CFA_OFF]})", pushed=c[CFA_OFF] - 8)
+                                  f"store to the caller's frame at cfa{k:+d} (not a stack "
+                                  f"argument this function read first)", slot=k)
+    for g, k in enumerate(prog.kind):
+        if k == d.RETURN and prog.func[g] >= 0:
+            c = cfi[g]
+            if c is not None and c[CFA_BASE] == d.SP and c[CFA_OFF] > 8 and c[STACK] > 8:
+                yield ctx.finding(g, RETURN_ADDRESS.id,
+                                  "return to a pushed address, not to the caller "
+                                  f"(cfa=rsp+{c[CFA_OFF]})", pushed=c[CFA_OFF] - 8)
 
 
-def _may_store(prog: object, g: int) -> bool:
-    p = prog  # cheap pre-filter: only instructions that are not branches
-    k = p.kind[g]  # type: ignore[attr-defined]
-    return k == d.OTHER or k == d.NOP
+def _first_argument_read(prog: Program, cfi: list[tuple[int, ...] | None],
+                         fi: int) -> int | None:
+    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
+    eff = effects(prog, gids)
+    for g in gids:
+        ld = eff[g].load
+        if ld is not None:
+            k = slot_of(cfi[g], ld[1], ld[2])
+            if k is not None and k >= 0:
+                return g
+    return None
 
 
 CALLER_FRAME = register(Rule(
