@@ -4,17 +4,56 @@ objtool 6.1's search, kept exactly for kernel parity: walk back from the
 indirect jump to an instruction with a relocation into anonymous ``.rodata``
 (or ``.rodata..c_jump_table``); the table is the run of consecutive 8-byte
 relocations there that land in the same function.
+
+Profile ``user`` first resolves what GCC and hand-written user assembly emit,
+by following the table's base register back to the ``lea`` that loads it:
+
+    lea    .L4(%rip), %rdx          # R_X86_64_PC32 .rodata+X-4 (often in the prologue,
+    ...                             #  into a callee-saved register, for a loop)
+    movslq (%rdx,%rax,4), %rax      # 4-byte entries relative to the table
+    add    %rdx, %rax
+    jmp    *%rax
+
+and the absolute forms ``jmp *(%rsi,%rax,8)`` / ``jmp *TABLE(,%rax,8)`` (GCC's
+computed-goto tables such as vfprintf's ``step0_jumps``, named objects in
+``.data.rel.ro``).  In a relocatable object each 4-byte entry ``.long .Lcase -
+.L4`` is an ``R_X86_64_PC32`` relocation whose addend is the case label plus the
+entry's distance from the table start; in a linked image the entries are read
+from the section.  A table ends at the ``cmp $N, %idx`` guard's bound, the end
+of the named object holding it, the next table, or the first entry that does
+not land in the same function.  Jumps this does not resolve fall back to
+objtool's search.
 """
 
 from __future__ import annotations
 
+import struct
+
+import iced_x86
+
 from framevet import decode as d
 from framevet.cfg import Program
-from framevet.load.elf import R_X86_64_PC32, STT_FILE, STT_SECTION, Reloc, Symbol
+from framevet.load.elf import (
+    R_X86_64_64,
+    R_X86_64_PC32,
+    STT_FILE,
+    STT_SECTION,
+    ElfObject,
+    Reloc,
+    Symbol,
+)
+
+#: the most entries one table may have
+MAX_ENTRIES = 4096
+#: how many instructions back from the jump the entry load and bound check may be
+NEAR_LOOKBACK = 16
 
 
 def add_jump_tables(prog: Program) -> None:
     elf = prog.elf
+    if prog.profile == "user":
+        _user_jump_tables(prog)
+        return
     rodata = {s.index for s in elf.sections
               if s.name.startswith(".rodata") and ".str1." not in s.name}
     if not rodata:
@@ -119,3 +158,262 @@ def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
         prog.jump_table_insn.add(g)
     else:
         prog.notes.append((g, "can't find switch jump table"))
+
+
+# ---------------------------------------------------------------------------
+# profile user
+# ---------------------------------------------------------------------------
+
+_REL4, _ABS8 = 4, 8
+_Table = tuple[int, int, int, int, int]   # jump gid, table section, table offset, form, bound
+
+
+def _user_jump_tables(prog: Program) -> None:
+    dec = _Decoder(prog)
+    found: list[_Table] = []
+    for g, k in enumerate(prog.kind):
+        if k == d.JUMP_DYNAMIC and prog.func[g] >= 0:
+            t = _user_find(prog, dec, g)
+            if t is not None:
+                found.append(t)
+    starts = {(t[1], t[2]) for t in found}
+    for g, tsec, toff, form, bound in found:
+        dests = _user_entries(prog, g, tsec, toff, form, bound, starts)
+        if dests:
+            alts = prog.alts.setdefault(g, [])
+            seen: set[int] = set()
+            for dg in dests:
+                if dg not in seen:
+                    seen.add(dg)
+                    alts.append((dg, False))
+            prog.jump_table_insn.add(g)
+        else:
+            prog.notes.append((g, "can't find switch jump table"))
+
+
+class _Decoder:
+    """iced instructions decoded again on demand (only near indirect jumps)."""
+
+    def __init__(self, prog: Program) -> None:
+        self.prog = prog
+        self.cache: dict[int, iced_x86.Instruction] = {}
+        self.info = iced_x86.InstructionInfoFactory()
+
+    def __call__(self, g: int) -> iced_x86.Instruction:
+        ins = self.cache.get(g)
+        if ins is None:
+            prog = self.prog
+            sec = prog.elf.sections[prog.sec_of[g]]
+            off = prog.off[g]
+            ins = iced_x86.Decoder(64, sec.data[off:off + prog.length[g]],
+                                   ip=sec.addr + off).decode()
+            self.cache[g] = ins
+        return ins
+
+    def writes(self, g: int, full_reg: int) -> bool:
+        ins = self(g)
+        for u in self.info.info(ins).used_registers():
+            if (u.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
+                             iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE)
+                    and iced_x86.RegisterExt.full_register(u.register) == full_reg):
+                return True
+        return False
+
+
+def _full(r: int) -> int:
+    return int(iced_x86.RegisterExt.full_register(r))  # type: ignore[arg-type]
+
+
+def _same_func_back(prog: Program, g: int, limit: int) -> list[int]:
+    """Up to ``limit`` instructions before ``g`` in the same section and function."""
+    out: list[int] = []
+    fi = prog.func[g]
+    p = g - 1
+    while p >= 0 and len(out) < limit and prog.sec_of[p] == prog.sec_of[g] and prog.func[p] == fi:
+        out.append(p)
+        p -= 1
+    return out
+
+
+def _user_find(prog: Program, dec: _Decoder, g: int) -> _Table | None:
+    """The table an indirect jump dispatches through: (g, section, offset, form, bound)."""
+    R = iced_x86.Register
+    ins = dec(g)
+    near = _same_func_back(prog, g, NEAR_LOOKBACK)
+    load = g
+    if ins.op0_kind == iced_x86.OpKind.MEMORY:
+        mem, form = ins, _ABS8                      # jmp *(%base,%idx,8) / jmp *T(,%idx,8)
+    elif ins.op0_kind == iced_x86.OpKind.REGISTER:
+        # follow the value back through ``add %base,%r`` / ``lea (%base,%r),%r2`` /
+        # ``mov %r,%r2`` to the load of the entry
+        tracked = {_full(ins.op0_register)}
+        found: iced_x86.Instruction | None = None
+        form = 0
+        for p in near:
+            hit = [t for t in tracked if dec.writes(p, t)]
+            if not hit:
+                continue
+            pi = dec(p)
+            mn = pi.mnemonic
+            if mn == iced_x86.Mnemonic.ADD and pi.op1_kind == iced_x86.OpKind.REGISTER:
+                tracked.add(_full(pi.op1_register))
+            elif mn == iced_x86.Mnemonic.LEA and pi.memory_base not in (R.NONE, R.RIP) \
+                    and pi.memory_index != R.NONE and pi.memory_displacement == 0:
+                tracked.discard(_full(pi.op0_register))
+                tracked |= {_full(pi.memory_base), _full(pi.memory_index)}
+            elif mn == iced_x86.Mnemonic.MOV and pi.op1_kind == iced_x86.OpKind.REGISTER:
+                tracked.discard(_full(pi.op0_register))
+                tracked.add(_full(pi.op1_register))
+            elif mn == iced_x86.Mnemonic.MOVSXD and pi.op1_kind == iced_x86.OpKind.MEMORY \
+                    and pi.memory_index_scale == 4:
+                found, form, load = pi, _REL4, p
+                break
+            elif mn == iced_x86.Mnemonic.MOV and pi.op1_kind == iced_x86.OpKind.MEMORY \
+                    and pi.memory_index_scale == 8 and pi.memory_size == iced_x86.MemorySize.UINT64:
+                found, form, load = pi, _ABS8, p
+                break
+            else:
+                return None
+        if found is None:
+            return None
+        mem = found
+    if mem.memory_index == R.NONE or mem.memory_base == R.RIP:
+        return None
+    idx = _full(mem.memory_index)
+    bound = _guard(prog, dec, load, idx)
+    if mem.memory_base == R.NONE:
+        loc = _operand_target(prog, load, int(mem.memory_displacement) & 0xFFFFFFFF
+                              if prog.elf.relocatable else int(mem.memory_displacement))
+        return (g, *loc, form, bound) if loc is not None else None
+    base = _full(mem.memory_base)
+    # the ``lea TABLE(%rip), %base``: the one target all such leas in the function
+    # share (GCC hoists it to the prologue, into a callee-saved register), else
+    # the nearest one before the load
+    leas: list[tuple[int, tuple[int, int]]] = []
+    for p in prog.func_insns(prog.func[g]):
+        if prog.ops[p] is None and prog.length[p] == 7 and dec.writes(p, base):
+            pi = dec(p)
+            if pi.code == iced_x86.Code.LEA_R64_M and pi.memory_base == R.RIP:
+                loc = _rip_target(prog, p, int(pi.memory_displacement))
+                if loc is not None:
+                    leas.append((p, loc))
+    if not leas:
+        return None
+    if len({loc for _, loc in leas}) == 1:
+        return (g, *leas[0][1], form, bound)
+    before = [(p, loc) for p, loc in leas if prog.sec_of[p] == prog.sec_of[load] and p < load]
+    if not before:
+        return None
+    return (g, *max(before)[1], form, bound)
+
+
+def _guard(prog: Program, dec: _Decoder, load: int, idx: int) -> int:
+    """Entries allowed by a ``cmp $N, %idx; ja default`` before the load (0: unknown)."""
+    for p in _same_func_back(prog, load, NEAR_LOOKBACK):
+        pi = dec(p)
+        if pi.mnemonic == iced_x86.Mnemonic.CMP and pi.op0_kind == iced_x86.OpKind.REGISTER \
+                and _full(pi.op0_register) == idx and pi.op_count == 2 \
+                and pi.op1_kind in (iced_x86.OpKind.IMMEDIATE8, iced_x86.OpKind.IMMEDIATE32,
+                                    iced_x86.OpKind.IMMEDIATE8TO32,
+                                    iced_x86.OpKind.IMMEDIATE8TO64,
+                                    iced_x86.OpKind.IMMEDIATE32TO64):
+            n = pi.immediate(1) & 0xFFFFFFFF
+            return n + 1 if n < MAX_ENTRIES else 0
+    return 0
+
+
+def _rip_target(prog: Program, g: int, linked_addr: int) -> tuple[int, int] | None:
+    """(section, offset) a RIP-relative operand of instruction ``g`` points to."""
+    elf = prog.elf
+    if elf.relocatable:
+        r = elf.reloc_in(prog.sec_of[g], prog.off[g], prog.off[g] + prog.length[g])
+        if r is None or r.type != R_X86_64_PC32:
+            return None
+        sym = elf.symbols[r.sym]
+        if not sym.defined:
+            return None
+        # disp = S + A - P, and the CPU adds the end of the instruction (P + 4)
+        end = prog.off[g] + prog.length[g]
+        return sym.shndx, sym.offset + r.addend + (end - r.offset)
+    return _data_at(elf, linked_addr)
+
+
+def _operand_target(prog: Program, g: int, linked_addr: int) -> tuple[int, int] | None:
+    """(section, offset) of an absolute ``disp32`` operand (non-PIC ``jmp *T(,%idx,8)``)."""
+    elf = prog.elf
+    if elf.relocatable:
+        r = elf.reloc_in(prog.sec_of[g], prog.off[g], prog.off[g] + prog.length[g])
+        if r is None:
+            return None
+        sym = elf.symbols[r.sym]
+        return (sym.shndx, sym.offset + r.addend) if sym.defined else None
+    return _data_at(elf, linked_addr)
+
+
+def _data_at(elf: ElfObject, addr: int) -> tuple[int, int] | None:
+    for sec in elf.sections:
+        if sec.data and sec.addr and not sec.executable and sec.flags & 2 \
+                and sec.addr <= addr < sec.addr + len(sec.data):
+            return sec.index, addr - sec.addr
+    return None
+
+
+def _user_entries(prog: Program, g: int, tsec: int, toff: int, form: int, bound: int,
+                  starts: set[tuple[int, int]]) -> list[int]:
+    elf = prog.elf
+    fi = prog.functions[prog.func[g]].parent
+    limit = _named_end(elf, tsec, toff)
+    n_max = bound or MAX_ENTRIES
+    sec = elf.sections[tsec]
+    out: list[int] = []
+    for n in range(n_max):
+        pos = toff + n * form
+        if (n and (tsec, pos) in starts) or (limit is not None and pos >= limit):
+            break
+        dest = _entry(prog, sec.index, pos, toff, form)
+        if dest is None:
+            break
+        dg = prog.gid(*dest)
+        if dg < 0 or prog.func[dg] < 0 or prog.functions[prog.func[dg]].parent != fi:
+            if bound:
+                continue        # a bounded table may point elsewhere (default case)
+            break
+        out.append(dg)
+    return out
+
+
+def _entry(prog: Program, tsec: int, pos: int, toff: int, form: int) -> tuple[int, int] | None:
+    """(section, offset) entry ``pos`` of a table at ``toff`` points to."""
+    elf = prog.elf
+    sec = elf.sections[tsec]
+    if elf.relocatable:
+        r = elf.reloc_at(tsec, pos)
+        if r is None:
+            return None
+        sym = elf.symbols[r.sym]
+        if not sym.defined:
+            return None
+        if form == _REL4 and r.type == R_X86_64_PC32:
+            return sym.shndx, sym.offset + r.addend - (pos - toff)
+        if form == _ABS8 and r.type == R_X86_64_64:
+            return sym.shndx, sym.offset + r.addend
+        return None
+    if pos + form > len(sec.data):
+        return None
+    if form == _REL4:
+        addr = sec.addr + toff + struct.unpack_from("<i", sec.data, pos)[0]
+    else:
+        addr = struct.unpack_from("<Q", sec.data, pos)[0]
+    for s in elf.sections:
+        if s.executable and s.addr <= addr < s.addr + s.size:
+            return s.index, addr - s.addr
+    return None
+
+
+def _named_end(elf: ElfObject, tsec: int, toff: int) -> int | None:
+    """End of the sized data object holding ``tsec+toff``, if there is one."""
+    for s in elf.symbols:
+        if (s.shndx == tsec and s.size and s.type not in (STT_SECTION, STT_FILE)
+                and s.offset <= toff < s.offset + s.size):
+            return s.offset + s.size
+    return None
