@@ -95,7 +95,9 @@ class Walker:
         """Record a warning; like objtool, end the function's walk -- unless the
         problem leaves the state well defined and every warning was asked for."""
         self.warnings.append(Warning(g, rule, msg))
-        if fatal or not self.opts.all_warnings:
+        # profile user (with all_warnings): never end the function's walk; the path
+        # goes on with the state as it is (a CFA made undefined stays undefined)
+        if (fatal and self.prog.profile != "user") or not self.opts.all_warnings:
             raise _Abort
 
     # -- driver ------------------------------------------------------------
@@ -112,7 +114,8 @@ class Walker:
             if not f.sym.size:
                 self.warnings.append(Warning(-1, "missing-elf-size",
                                              f"{f.name}() is missing an ELF size annotation"))
-                continue
+                if prog.profile != "user":      # user: cfg sized it up to the next symbol
+                    continue
             g = prog.gid(f.sec, f.start)
             if g < 0 or self.visited[g] or g in self.ignored:
                 continue

@@ -8,23 +8,30 @@ compares with ``.eh_frame``, and what emulation unwinds with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from framevet import decode as d
-from framevet.cfa import (
+from framevet.cfa import WalkOptions, WalkResult, walk
+from framevet.cfg import SKIP_ORC_SECTIONS, Program, build
+from framevet.load.elf import ElfObject
+
+if TYPE_CHECKING:
+    from framevet.cfa import Walker
+from framevet.state import (
     BP_INDIRECT,
     CFA,
     CFA_BASE,
     CFA_OFF,
     NREGS,
+    REGS,
     SP_INDIRECT,
+    STACK,
+    STATE_LEN,
     UNDEFINED,
-    WalkOptions,
-    WalkResult,
-    walk,
+    blank_state,
+    func_entry_state,
 )
-from framevet.cfg import SKIP_ORC_SECTIONS, Program, build
-from framevet.load.elf import ElfObject
 
 #: hardware register number -> DWARF register number (x86-64 SysV psABI)
 HW_TO_DWARF = {d.AX: 0, d.DX: 1, d.CX: 2, d.BX: 3, d.SI: 4, d.DI: 5, d.BP: 6, d.SP: 7,
@@ -32,27 +39,55 @@ HW_TO_DWARF = {d.AX: 0, d.DX: 1, d.CX: 2, d.BX: 3, d.SI: 4, d.DI: 5, d.BP: 6, d.
 DWARF_NAMES = ["rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "ra"]
 
-#: CFA kinds
-CFA_UNDEFINED, CFA_REG, CFA_DEREF = 0, 1, 2
+#: CFA kinds: unknown / ``reg + off`` / ``*(reg + off)`` / another DWARF expression
+CFA_UNDEFINED, CFA_REG, CFA_DEREF, CFA_EXPR = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
 class CfaRule:
-    kind: int            # CFA_UNDEFINED / CFA_REG (reg + off) / CFA_DEREF (*(reg + off))
+    """The unwind rule in effect at one address, in DWARF terms."""
+
+    kind: int            # CFA_UNDEFINED / CFA_REG / CFA_DEREF / CFA_EXPR
     reg: int = -1        # DWARF register number
     off: int = 0
     #: (DWARF register, CFA-relative offset) of saved registers, DWARF order, ra included
     saved: tuple[tuple[int, int], ...] = ()
+    #: registers whose caller value is not in a CFA-relative slot, DWARF order:
+    #: ``"undefined"``, a register name (DW_CFA_register: the value is in that
+    #: register), ``"at(rbp+0)"`` (saved at an address given by a register,
+    #: DW_CFA_expression ``DW_OP_bregN``), ``"val(cfa+16)"`` (DW_CFA_val_offset),
+    #: ``"exp"`` / ``"vexp"`` (other expressions)
+    other: tuple[tuple[int, str], ...] = ()
+    #: CFA_EXPR: the expression, spelled like readelf
+    expr: str = ""
+
+    def cfa_text(self) -> str:
+        if self.kind == CFA_UNDEFINED:
+            return "undefined"
+        if self.kind == CFA_REG:
+            return f"{DWARF_NAMES[self.reg]}{self.off:+d}"
+        if self.kind == CFA_DEREF:
+            return f"[{DWARF_NAMES[self.reg]}{self.off:+d}]"
+        return f"exp({self.expr})" if self.expr else "exp"
+
+    def reg_rules(self) -> list[tuple[int, str]]:
+        """Every register's rule, DWARF order, as ``(register, text)``."""
+        out = [(r, f"cfa{o:+d}") for r, o in self.saved] + list(self.other)
+        out.sort(key=lambda t: t[0])
+        return out
 
     def text(self) -> str:
-        if self.kind == CFA_UNDEFINED:
-            cfa = "cfa=undefined"
-        elif self.kind == CFA_REG:
-            cfa = f"cfa={DWARF_NAMES[self.reg]}{self.off:+d}"
-        else:
-            cfa = f"cfa=[{DWARF_NAMES[self.reg]}{self.off:+d}]"
-        parts = [cfa] + [f"{DWARF_NAMES[r]}=cfa{o:+d}" for r, o in self.saved]
+        parts = [f"cfa={self.cfa_text()}"]
+        parts += [f"{reg_name(r)}={t}" for r, t in self.reg_rules()]
         return " ".join(parts)
+
+    def same_cfa(self, other: CfaRule) -> bool:
+        return (self.kind, self.reg, self.off, self.expr) == \
+            (other.kind, other.reg, other.off, other.expr)
+
+
+def reg_name(r: int) -> str:
+    return DWARF_NAMES[r] if 0 <= r < len(DWARF_NAMES) else f"r{r}"
 
 
 UNDEFINED_RULE = CfaRule(CFA_UNDEFINED)
@@ -83,11 +118,18 @@ def rule_for(cfi: tuple[int, ...] | None) -> CfaRule:
     else:
         return UNDEFINED_RULE
     saved = []
+    other = []
     for r in range(NREGS):
-        if cfi[9 + 2 * r] == CFA:
+        rb = cfi[9 + 2 * r]
+        if rb == CFA:
             saved.append((HW_TO_DWARF[r], cfi[10 + 2 * r]))
+        elif 0 <= rb < 16:
+            # saved at an address given by a register (DRAP: ``rbp``-relative)
+            other.append((HW_TO_DWARF[r], f"at({DWARF_NAMES[HW_TO_DWARF[rb]]}"
+                                          f"{cfi[10 + 2 * r]:+d})"))
     saved.sort()
-    return CfaRule(kind, reg, off, tuple(saved))
+    other.sort()
+    return CfaRule(kind, reg, off, tuple(saved), tuple(other))
 
 
 @dataclass
@@ -96,22 +138,170 @@ class CfaTable:
     result: WalkResult
     #: per executable section name: rows where the rule changes, by offset
     rows: dict[str, list[CfaRow]]
+    #: gids whose state was inferred, not derived (see :func:`user_walk`)
+    inferred: set[int] = field(default_factory=set)
+    _cache: dict[int, CfaRule] = field(default_factory=dict, repr=False)
+    _names: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def at(self, section: str, offset: int) -> CfaRule:
-        """The rule in effect before the instruction at ``section+offset`` executes."""
-        g = self.prog.gid(self._sec_index[section], offset)
-        return rule_for(self.result.cfi[g]) if g >= 0 else UNDEFINED_RULE
+    def at(self, section: str | int, offset: int) -> CfaRule:
+        """The rule in effect before the instruction at ``section+offset`` executes
+        (``section``: a name, or a section index when names repeat)."""
+        sec = section if isinstance(section, int) else self._sec_index.get(section, -1)
+        g = self.prog.gid(sec, offset)
+        return self.rule_at_gid(g) if g >= 0 else UNDEFINED_RULE
+
+    def rule_at_gid(self, g: int) -> CfaRule:
+        c = self.result.cfi[g]
+        if c is None:
+            return UNDEFINED_RULE
+        rule = self._cache.get(id(c))
+        if rule is None:
+            rule = self._cache[id(c)] = rule_for(c)
+        return rule
 
     @property
     def _sec_index(self) -> dict[str, int]:
-        return {self.prog.section_name(ds.index): ds.index for ds in self.prog.sections}
+        if not self._names:
+            for ds in self.prog.sections:
+                self._names.setdefault(self.prog.section_name(ds.index), ds.index)
+        return self._names
 
 
 def cfa_table(elf: ElfObject, profile: str = "user",
               opts: WalkOptions | None = None) -> CfaTable:
     prog = build(elf, profile)
-    result = walk(prog, opts)
-    return table_from(prog, result)
+    if profile == "user":
+        result, inferred = user_walk(prog, opts)
+        table = table_from(prog, result)
+        table.inferred = inferred
+        return table
+    return table_from(prog, walk(prog, opts))
+
+
+# ---------------------------------------------------------------------------
+# profile user: the walk, and what it cannot reach by itself
+# ---------------------------------------------------------------------------
+
+#: functions entered with extra words on the stack above the return address: glibc's
+#: lazy-binding trampolines, jumped to by PLT0 after ``push index; push link_map``
+USER_ENTRY_EXTRA_WORDS = {
+    "_dl_runtime_resolve_fxsave": 2, "_dl_runtime_resolve_xsave": 2,
+    "_dl_runtime_resolve_xsavec": 2, "_dl_runtime_profile_sse": 2,
+    "_dl_runtime_profile_avx": 2, "_dl_runtime_profile_avx512": 2,
+}
+
+
+def user_walk(prog: Program, opts: WalkOptions | None = None,
+              ) -> tuple[WalkResult, set[int]]:
+    """The CFA walk for profile ``user``, then what static control flow misses:
+
+    1. every function from its start (entry hints for :data:`USER_ENTRY_EXTRA_WORDS`),
+       never giving up on a function at its first warning;
+    2. exception landing pads (the LSDA call-site tables of ``.gcc_except_table``),
+       entered with the state of the call that throws -- how ``foo.cold`` cleanup
+       code is reached;
+    3. code reached only through an indirect jump that is not a switch table
+       (``memmove-ssse3``'s computed jumps into 64-byte blocks): still unvisited
+       instructions of a function whose unresolved indirect jumps all have one
+       state get that state.  These gids are returned as *inferred*;
+    4. alignment padding (:func:`fill_padding`).
+    """
+    from framevet.cfa import Walker
+
+    opts = opts or WalkOptions(all_warnings=True)
+    w = Walker(prog, opts, _entry_hints(prog))
+    result = w.run()
+    _walk_landing_pads(w)
+    inferred = _walk_computed_targets(w)
+    fill_padding(prog, result)
+    return result, inferred
+
+
+def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:
+    out: dict[int, tuple[int, ...]] = {}
+    for f in prog.functions:
+        words = USER_ENTRY_EXTRA_WORDS.get(f.name)
+        g = prog.gid(f.sec, f.start)
+        if words and g >= 0:
+            st = func_entry_state()
+            st[CFA_OFF] += 8 * words
+            st[STACK] += 8 * words
+            out[g] = tuple(st[0:9]) + tuple(st[REGS:STATE_LEN])
+    return out
+
+
+def _resume(w: Walker, g: int, cfi: tuple[int, ...]) -> None:
+    """Walk from ``g`` with the (interned) state ``cfi``."""
+    from framevet.cfa import _load_cfi
+
+    st = blank_state()
+    _load_cfi(st, cfi)
+    w._walk_from(w.prog.func[g], g, st)
+
+
+def _walk_landing_pads(w: Walker) -> None:
+    from framevet.dwarf import call_sites, read_cfi
+
+    prog = w.prog
+    if prog.elf.section(".gcc_except_table") is None:
+        return
+    pads: list[tuple[int, int, int, int]] = []      # section, start, end, landing pad
+    for fde in read_cfi(prog.elf).fdes:
+        if fde.section in prog.secmap:
+            pads += [(fde.section, a, b, lp) for a, b, lp in call_sites(prog.elf, fde)]
+    progress = True
+    while progress:
+        progress = False
+        for sec, a, b, lp in pads:
+            lg = prog.gid(sec, lp)
+            if lg < 0 or w.visited[lg]:
+                continue
+            ds = prog.secmap[sec]
+            for i in range(len(ds)):
+                g = prog.base[sec] + i
+                if a <= ds.off[i] < b and prog.kind[g] in (d.CALL, d.CALL_DYNAMIC) \
+                        and w.cfi[g] is not None:
+                    _resume(w, lg, w.cfi[g])   # type: ignore[arg-type]
+                    progress = True
+                    break
+
+
+def _walk_computed_targets(w: Walker) -> set[int]:
+    prog = w.prog
+    before = bytearray(w.visited)
+    by_func: dict[int, set[tuple[int, ...]]] = {}
+    for g, k in enumerate(prog.kind):
+        if k == d.JUMP_DYNAMIC and prog.func[g] >= 0 and g not in prog.jump_table_insn:
+            c = w.cfi[g]
+            if c is not None:
+                by_func.setdefault(prog.functions[prog.func[g]].parent, set()).add(c)
+    if not by_func:
+        return set()
+    for fi, states in by_func.items():
+        if len(states) != 1:
+            continue
+        state = next(iter(states))
+        for g in prog.func_insns(fi):
+            if not w.visited[g] and prog.kind[g] not in _PADDING:
+                _resume(w, g, state)
+    return {g for g in range(len(before)) if w.visited[g] and not before[g]}
+
+
+_PADDING = (d.NOP, d.TRAP)
+
+
+def fill_padding(prog: Program, result: WalkResult) -> None:
+    """Unreachable alignment padding (nops, int3) inside a function gets the state of
+    the instruction before it, as the assembler's CFI does: a ``.cfi_*`` directive
+    takes effect at the next label, after the padding.  Never executed, so any rule
+    unwinds equally well; this one keeps ``framevet cfa`` and ``readelf -wF`` aligned."""
+    cfi, kind, func = result.cfi, prog.kind, prog.func
+    for ds in prog.sections:
+        base = prog.base[ds.index]
+        for g in range(base + 1, base + len(ds)):
+            if cfi[g] is None and kind[g] in _PADDING and func[g] >= 0 \
+                    and func[g - 1] == func[g]:
+                cfi[g] = cfi[g - 1]
 
 
 def table_from(prog: Program, result: WalkResult) -> CfaTable:

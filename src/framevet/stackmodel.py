@@ -44,10 +44,17 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
         return
     if dtype == d.D_REG:
         if stype == d.S_REG:
+            if w.prog.profile == "user" and _user_restore_sp(s, dreg, sreg, 0):
+                return
             _mov_reg(s, dreg, sreg)
         elif stype == d.S_ADD:
+            if w.prog.profile == "user" and (_user_restore_sp(s, dreg, sreg, soff)
+                                             or _user_drap_lea(w, g, s, dreg, sreg, soff)):
+                return
             _add(w, g, s, dreg, sreg, soff)
         elif stype == d.S_AND:
+            if w.prog.profile == "user" and _user_realign(s, dreg):
+                return
             if (dreg != d.SP or (s[DRAP_REG] != UNDEFINED and s[CFA_BASE] != d.SP)
                     or (s[DRAP_REG] == UNDEFINED and s[CFA_BASE] != d.BP)):
                 w.warn(g, "unsupported-stack-pointer-realignment",
@@ -194,6 +201,63 @@ def _load(s: list[int], dreg: int, sreg: int, soff: int) -> None:
         _restore_reg(s, dreg)
     elif sreg == d.SP and soff == s[REGS + 2 * dreg + 1] + s[STACK]:
         _restore_reg(s, dreg)
+
+
+# -- profile user: realignment through any register, as glibc's assembly does ----
+
+#: registers preferred as the frame register of a realignment (callee-saved first)
+_FRAME_REG_ORDER = (d.BP, d.BX, d.R12, d.R13, d.R14, d.R15, d.R10, d.R11, d.R8, d.R9,
+                    d.AX, d.CX, d.DX, d.SI, d.DI)
+
+
+def _user_realign(s: list[int], dreg: int) -> bool:
+    """``and $-N, %rsp`` with the CFA on rsp: the CFA moves to the DRAP register when
+    :func:`_user_drap_lea` already put it there, else to a register that holds a
+    copy of rsp (``mov %rsp, %rbx; and $-64, %rsp`` in ``_dl_runtime_resolve``)."""
+    if dreg != d.SP:
+        return False
+    if s[DRAP_REG] != UNDEFINED and s[CFA_BASE] == s[DRAP_REG] and not s[DRAP]:
+        s[STACK] = 0                                         # GCC's DRAP
+        s[DRAP] = 1
+        return True
+    if s[CFA_BASE] != d.SP:
+        return False
+    for r in _FRAME_REG_ORDER:
+        if s[VALS + 2 * r] == CFA and r != s[DRAP_REG]:
+            s[CFA_BASE] = r                                  # r = CFA + vals_off
+            s[CFA_OFF] = -s[VALS + 2 * r + 1]
+            return True
+    return False
+
+
+def _user_drap_lea(w: Walker, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> bool:
+    """``lea 8(%rsp), %r10`` right before ``and $-N, %rsp``: GCC's DRAP, and GCC's
+    CFI moves the CFA to %r10 at once (objtool waits for the ``and``)."""
+    if sreg != d.SP or s[CFA_BASE] != d.SP or dreg == d.SP or s[DRAP]:
+        return False
+    n = w.prog.next_same_sec(g)
+    nops = w.prog.ops[n] if n >= 0 else None
+    if not nops or nops[0][0] != d.D_REG or nops[0][1] != d.SP or nops[0][3] != d.S_AND:
+        return False
+    s[DRAP_REG] = dreg
+    s[VALS + 2 * dreg] = CFA
+    s[VALS + 2 * dreg + 1] = -s[STACK] + soff
+    s[CFA_BASE] = dreg
+    s[CFA_OFF] = s[STACK] - soff
+    return True
+
+
+def _user_restore_sp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
+    """``mov %rbx, %rsp`` / ``lea -k(%rbx), %rsp`` with the CFA on that register
+    (not DRAP, not rbp: objtool's own cases): the CFA goes back to rsp."""
+    base = s[CFA_BASE]
+    if (dreg != d.SP or sreg != base or base in (d.SP, d.BP, UNDEFINED) or base < 0
+            or s[DRAP]):
+        return False
+    s[CFA_BASE] = d.SP
+    s[CFA_OFF] -= soff
+    s[STACK] = s[CFA_OFF]
+    return True
 
 
 def _save_reg(s: list[int], reg: int, base: int, off: int) -> None:
