@@ -313,9 +313,14 @@ def table_from(prog: Program, result: WalkResult) -> CfaTable:
             continue
         out: list[CfaRow] = []
         prev: CfaRule | None = None
+        prev_c: object = ()
         base = prog.base[ds.index]
+        cfi = result.cfi
         for i in range(len(ds)):
-            c = result.cfi[base + i]
+            c = cfi[base + i]
+            if c is prev_c:
+                continue
+            prev_c = c
             key = id(c)
             rule = cache.get(key) if c is not None else UNDEFINED_RULE
             if rule is None:

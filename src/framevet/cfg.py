@@ -44,11 +44,12 @@ GLOBAL_NORETURNS = frozenset({
 #: user-space functions that never return (profile user)
 USER_NORETURNS = frozenset({
     "abort", "exit", "_exit", "_Exit", "__assert_fail", "__assert_perror_fail",
-    "__stack_chk_fail", "__chk_fail", "__fortify_fail", "__libc_fatal", "__libc_message",
+    "__stack_chk_fail", "__chk_fail", "__fortify_fail", "__libc_fatal",
     "longjmp", "_longjmp", "siglongjmp", "__longjmp_chk", "pthread_exit", "__pthread_exit",
     "quick_exit", "err", "errx", "verr", "verrx", "__cxa_throw", "__cxa_rethrow",
     "_Unwind_Resume", "__libc_start_main", "__do_global_dtors_aux_noreturn",
     "__libc_longjmp", "__sigjmp_save_noreturn", "_dl_signal_error", "_dl_fatal_printf",
+    "__pthread_unwind", "__pthread_unwind_next",
     "__malloc_assert", "malloc_printerr", "__libc_dynarray_at_failure",
     "__fortify_fail_abort", "_dl_start_final_noreturn", "__run_exit_handlers",
     "__libc_pthread_init_noreturn", "_dl_reloc_bad_type", "__GI_abort", "__GI_exit",
@@ -211,6 +212,10 @@ def build(elf: ElfObject, profile: str = "kernel") -> Program:
     return prog
 
 
+#: profile user: an instruction that sets rsp to a value the model cannot follow
+USER_SP_WRITE: tuple[d.StackOp, ...] = ((d.D_REG, d.SP, 0, d.S_CONST, 0, 0),)
+
+
 def _user_sizes(prog: Program, funcs: list[Function],
                 syms_by_sec: dict[int, list[Symbol]]) -> None:
     """Profile user: an STT_FUNC without a size (assembly without ``.size``) runs up
@@ -232,6 +237,12 @@ def _user_fixups(prog: Program) -> None:
         if k == d.CONTEXT_SWITCH and prog.length[g] == 2 and \
                 data[prog.sec_of[g]][prog.off[g]:prog.off[g] + 2] == b"\x0f\x05":
             kind[g] = d.OTHER
+    # any other write to rsp (mov 0xa0(%rdx),%rsp in setcontext, add $8,%esp, ...)
+    for ds in prog.sections:
+        for i in ds.sp_writes:
+            g = prog.base[ds.index] + i
+            if prog.ops[g] is None and kind[g] == d.OTHER:
+                prog.ops[g] = USER_SP_WRITE
     for g, k in enumerate(kind):
         if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
             continue

@@ -198,6 +198,9 @@ class DecodedSection:
     cs_writes: dict[int, int] = field(default_factory=dict)
     #: instruction numbers that may store through an rsp/rbp-based memory operand
     stack_stores: list[int] = field(default_factory=list)
+    #: instruction numbers whose first operand is rsp/esp/sp (profile user: writes to
+    #: rsp that objtool's model leaves out make the CFA unknown)
+    sp_writes: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.off)
@@ -221,6 +224,7 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
     mem_kind = _MEM
     frame_bases = (Register.RSP, Register.RBP)
     implicit = _IMPLICIT_CS
+    sp_regs = (Register.RSP, Register.ESP, Register.SP, Register.SPL)
     for ins in decoder:
         ip = ins.ip
         n = ins.len
@@ -230,6 +234,8 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
             if ins.memory_base in frame_bases and code not in reads_op0:
                 stack_stores.append(len(off_l))
         elif k0 == _REGK:
+            if ins.op0_register in sp_regs and code not in reads_op0:
+                ds.sp_writes.append(len(off_l))
             r = cs_reg.get(ins.op0_register)
             if r is not None and code not in reads_op0:
                 cs_writes[len(off_l)] = r

@@ -44,7 +44,8 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
         return
     if dtype == d.D_REG:
         if stype == d.S_REG:
-            if w.prog.profile == "user" and _user_restore_sp(s, dreg, sreg, 0):
+            if w.prog.profile == "user" and (_user_restore_sp(s, dreg, sreg, 0)
+                                             or _user_frame_mov(w, g, s, dreg, sreg)):
                 return
             _mov_reg(s, dreg, sreg)
         elif stype == d.S_ADD:
@@ -67,6 +68,10 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
             _pop(s, dreg)
         elif stype == d.S_REG_INDIRECT:
             _load(s, dreg, sreg, soff)
+        elif stype == d.S_CONST and dreg == d.SP and w.prog.profile == "user":
+            if s[CFA_BASE] == d.SP or s[CFA_BASE] == SP_INDIRECT:
+                s[CFA_BASE] = UNDEFINED                      # rsp := something unknown
+                s[CFA_OFF] = 0
         else:
             w.warn(g, "unknown-stack-related-instruction",
                       "unknown stack-related instruction")
@@ -169,6 +174,9 @@ def _add(w: Walker, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> No
     elif dreg == s[CFA_BASE] and not w._next_is_hint(g):
         w.warn(g, "unsupported-stack-register-modification",
                   "unsupported stack register modification")
+        if w.prog.profile == "user":                          # the walk goes on: CFA lost
+            s[CFA_BASE] = UNDEFINED
+            s[CFA_OFF] = 0
 
 def _pop(s: list[int], dreg: int) -> None:
     if dreg == d.SP and s[CFA_BASE] == SP_INDIRECT:
@@ -221,7 +229,8 @@ def _user_realign(s: list[int], dreg: int) -> bool:
         s[DRAP] = 1
         return True
     if s[CFA_BASE] != d.SP:
-        return False
+        # already on a frame register (:func:`_user_frame_mov`, or rbp): unaffected
+        return 0 <= s[CFA_BASE] < 16 and s[CFA_BASE] != s[DRAP_REG]
     for r in _FRAME_REG_ORDER:
         if s[VALS + 2 * r] == CFA and r != s[DRAP_REG]:
             s[CFA_BASE] = r                                  # r = CFA + vals_off
@@ -233,17 +242,34 @@ def _user_realign(s: list[int], dreg: int) -> bool:
 def _user_drap_lea(w: Walker, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> bool:
     """``lea 8(%rsp), %r10`` right before ``and $-N, %rsp``: GCC's DRAP, and GCC's
     CFI moves the CFA to %r10 at once (objtool waits for the ``and``)."""
-    if sreg != d.SP or s[CFA_BASE] != d.SP or dreg == d.SP or s[DRAP]:
-        return False
-    n = w.prog.next_same_sec(g)
-    nops = w.prog.ops[n] if n >= 0 else None
-    if not nops or nops[0][0] != d.D_REG or nops[0][1] != d.SP or nops[0][3] != d.S_AND:
+    if sreg != d.SP or s[CFA_BASE] != d.SP or dreg == d.SP or s[DRAP] \
+            or not _next_is_realign(w, g):
         return False
     s[DRAP_REG] = dreg
     s[VALS + 2 * dreg] = CFA
     s[VALS + 2 * dreg + 1] = -s[STACK] + soff
     s[CFA_BASE] = dreg
     s[CFA_OFF] = s[STACK] - soff
+    return True
+
+
+def _next_is_realign(w: Walker, g: int) -> bool:
+    n = w.prog.next_same_sec(g)
+    nops = w.prog.ops[n] if n >= 0 else None
+    return bool(nops) and nops[0][0] == d.D_REG and nops[0][1] == d.SP \
+        and nops[0][3] == d.S_AND  # type: ignore[index]
+
+
+def _user_frame_mov(w: Walker, g: int, s: list[int], dreg: int, sreg: int) -> bool:
+    """``mov %rsp, %rbx`` right before ``and $-N, %rsp``: the CFA moves to %rbx at
+    once, as hand-written CFI (``cfi_def_cfa_register``) says."""
+    if sreg != d.SP or dreg in (d.SP, d.BP) or s[CFA_BASE] != d.SP or s[DRAP] \
+            or not _next_is_realign(w, g):
+        return False
+    s[VALS + 2 * dreg] = CFA
+    s[VALS + 2 * dreg + 1] = -s[STACK]
+    s[CFA_BASE] = dreg
+    s[CFA_OFF] = s[STACK]
     return True
 
 
