@@ -1,0 +1,131 @@
+"""Emulate glibc's hand-written string and memory functions from ``libc.a``.
+
+``python -m framevet.emulate.survey [LIBC_A] [--runs N] [--seed S] [--only NAME...]``
+runs every function of :data:`LIBC` with its argument spec, unwinding at every
+instruction with framevet's CFA table and the members' ``.eh_frame``, and
+prints one line per function: runs, instructions stepped, instructions
+unwound with each table, and findings.  docs/emulate.md quotes its output.
+
+Only baseline (SSE2) variants are listed: unicorn 2.1 has no AVX/AVX2/EVEX,
+and the IFUNC resolvers need CPU features and the dynamic loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+from framevet.emulate import RunStats, run_abi
+from framevet.emulate.findings import Finding
+from framevet.load.archive import iter_members
+from framevet.load.elf import parse_elf
+from framevet.load.inputs import LoadedObject, read_file
+
+LIBC_A = "/usr/lib/x86_64-linux-gnu/libc.a"
+N = 300
+#: glibc's cache-size tunables the memmove/memset variants read (typical values)
+TUNABLES = {
+    "__x86_rep_movsb_threshold": 2048,
+    "__x86_rep_stosb_threshold": 2048,
+    "__x86_shared_non_temporal_threshold": 0xC0000,
+    "__x86_rep_movsb_stop_threshold": 0xC0000,
+}
+BIG = 5000          # past the 2048-byte rep movsb/stosb thresholds
+STR2 = f"ptr:{N}:str,ptr:{N}:copy"
+COPY = f"ptr:{BIG},ptr:{BIG}:rand,long:0..{BIG}"
+SET = f"ptr:{BIG},int:0..255,long:0..{BIG}"
+
+#: (member, function, --args)
+LIBC: list[tuple[str, str, str]] = [
+    ("strlen-sse2.o", "__strlen_sse2", f"ptr:{N}:str"),
+    ("strnlen-sse2.o", "__strnlen_sse2", f"ptr:{N}:str,long:0..{N}"),
+    ("strchr-sse2.o", "__strchr_sse2", f"ptr:{N}:str,int:0..255"),
+    ("strchrnul-sse2.o", "__strchrnul_sse2", f"ptr:{N}:str,int:0..255"),
+    ("strrchr-sse2.o", "__strrchr_sse2", f"ptr:{N}:str,int:0..255"),
+    ("rawmemchr-sse2.o", "__rawmemchr_sse2", f"ptr:{N}:str,int:0..0"),
+    ("memchr-sse2.o", "__memchr_sse2", f"ptr:{N}:rand,int:0..255,long:0..{N}"),
+    ("memrchr-sse2.o", "__memrchr_sse2", f"ptr:{N}:rand,int:0..255,long:0..{N}"),
+    ("strcmp-sse2.o", "__strcmp_sse2", STR2),
+    ("strncmp-sse2.o", "__strncmp_sse2", f"{STR2},long:0..{N}"),
+    ("memcmp-sse2.o", "__memcmp_sse2", f"ptr:{N}:rand,ptr:{N}:copy,long:0..{N}"),
+    ("memcmpeq-sse2.o", "__memcmpeq_sse2", f"ptr:{N}:rand,ptr:{N}:copy,long:0..{N}"),
+    ("strcpy-sse2.o", "__strcpy_sse2", f"ptr:{N},ptr:{N}:str"),
+    ("stpcpy-sse2.o", "__stpcpy_sse2", f"ptr:{N},ptr:{N}:str"),
+    ("strcpy-sse2-unaligned.o", "__strcpy_sse2_unaligned", f"ptr:{N},ptr:{N}:str"),
+    ("stpcpy-sse2-unaligned.o", "__stpcpy_sse2_unaligned", f"ptr:{N},ptr:{N}:str"),
+    ("memmove-sse2-unaligned-erms.o", "__memmove_sse2_unaligned", COPY),
+    ("memmove-sse2-unaligned-erms.o", "__memmove_sse2_unaligned_erms", COPY),
+    ("memmove-sse2-unaligned-erms.o", "__mempcpy_sse2_unaligned_erms", COPY),
+    ("memset-sse2-unaligned-erms.o", "__memset_sse2_unaligned", SET),
+    ("memset-sse2-unaligned-erms.o", "__memset_sse2_unaligned_erms", SET),
+    ("memset-sse2-unaligned-erms.o", "__wmemset_sse2_unaligned",
+     f"ptr:{BIG},int,long:0..{BIG // 4}"),
+    ("memmove-ssse3.o", "__memmove_ssse3", COPY),
+]
+
+
+@dataclass
+class Row:
+    function: str
+    member: str
+    stats: RunStats
+    findings: list[Finding]
+    seconds: float
+
+
+def members(path: str, wanted: set[str]) -> dict[str, LoadedObject]:
+    data = read_file(path)
+    out = {}
+    for name, body in iter_members(data, path):
+        if name in wanted:
+            display = f"{path}({name})"
+            out[name] = LoadedObject(parse_elf(body, display), display)
+    return out
+
+
+def survey(path: str = LIBC_A, runs: int = 8, seed: int = 0,
+           only: set[str] | None = None) -> list[Row]:
+    todo = [t for t in LIBC if only is None or t[1] in only]
+    objs = members(path, {m for m, _f, _a in todo})
+    rows = []
+    for member, fn, args in todo:
+        if member not in objs:
+            continue
+        st = RunStats()
+        t0 = time.monotonic()
+        found = run_abi(objs[member], fn, args, runs=runs, seed=seed, values=TUNABLES, stats=st)
+        rows.append(Row(fn, member, st, found, time.monotonic() - t0))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m framevet.emulate.survey")
+    ap.add_argument("archive", nargs="?", default=LIBC_A)
+    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*")
+    ns = ap.parse_args(argv)
+    rows = survey(ns.archive, ns.runs, ns.seed, set(ns.only) if ns.only else None)
+    fv, dw = "framevet's CFA table", "DWARF CFI (.eh_frame)"
+    print(f"{'function':34} {'runs':>4} {'insns':>7} {'unwound':>7} {'framevet':>8} "
+          f"{'dwarf':>7}  findings")
+    tot = [0, 0, 0, 0]
+    bad = 0
+    for r in rows:
+        u = r.stats.unwind
+        cells = [r.stats.instructions, u.steps, u.checked.get(fv, 0), u.checked.get(dw, 0)]
+        tot = [a + b for a, b in zip(tot, cells, strict=True)]
+        bad += bool(r.findings)
+        print(f"{r.function:34} {r.stats.runs:>4} {cells[0]:>7} {cells[1]:>7} {cells[2]:>8} "
+              f"{cells[3]:>7}  {len(r.findings)}")
+        for f in r.findings:
+            print(f"    {f.text()}")
+    print(f"{'total (' + str(len(rows)) + ' functions)':34} {'':>4} {tot[0]:>7} {tot[1]:>7} "
+          f"{tot[2]:>8} {tot[3]:>7}  {bad} with findings")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
