@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--dump", action="store_true", help="print it as objtool --dump=orc does")
     o.add_argument("-o", "--output", metavar="OUT", help="write FILE plus ORC sections to OUT")
     o.add_argument("--in-place", action="store_true", help="rewrite FILE (atomically)")
+    o.add_argument("--read", action="store_true",
+                   help="print the ORC sections FILE already has (objtool --dump=orc)")
     _common(o)
     o.set_defaults(func=cmd_orc)
 
@@ -250,12 +252,17 @@ def cmd_orc(args: argparse.Namespace) -> int:
     from framevet.load import load_path
     from framevet.orc import dump_text, generate
 
-    if not args.dump and not args.output and not args.in_place:
-        raise InputError(args.file, "nothing to do: give --dump, -o OUT or --in-place")
+    if not (args.dump or args.output or args.in_place or args.read):
+        raise InputError(args.file, "nothing to do: give --dump, --read, -o OUT or --in-place")
     objs = load_path(args.file, args.cflags.split())
     if len(objs) != 1:
         raise InputError(args.file, "orc works on one object, not an archive")
     obj = objs[0]
+    if args.read:
+        from framevet.orcread import dump_existing
+
+        sys.stdout.write(dump_existing(obj.elf))
+        return EXIT_CLEAN
     ctx = analyse(obj, Options(profile=args.profile, all_warnings=False, hints_file=args.hints,
                                objtool_only=True, orc_only=True))
     rows = generate(ctx.prog, ctx.result)

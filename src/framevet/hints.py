@@ -144,6 +144,7 @@ def _discard_sections(prog: Program, h: Hints) -> None:
             if g >= 0 and prog.func[g] >= 0 and (sym.type in (STT_FUNC, STT_SECTION)):
                 h.ignored_gids.update(prog.func_insns(prog.func[g]))
     _unwind_hints(prog, h)
+    _paravirt_sites(prog, h)
 
 
 def _rel32(prog: Program, g: int) -> int:
@@ -252,3 +253,25 @@ def _resolve(prog: Program, spot: str) -> int:
         if f.name == name:
             return prog.gid(f.sec, f.start + offset)
     return -1
+
+
+def _paravirt_sites(prog: Program, h: Hints) -> None:
+    """Paravirt call sites (``.parainstructions``: u64 address, u8 type, u8 length) are
+    patched at boot; in the kernel each carries ANNOTATE_RETPOLINE_SAFE, which a
+    linked module has lost with ``.discard.retpoline_safe``."""
+    elf = prog.elf
+    sec = elf.section(".parainstructions")
+    if sec is None or not sec.data:
+        return
+    for r in elf.relocs.get(sec.index, []):
+        if r.offset % 16 or r.offset + 10 > len(sec.data):
+            continue
+        sym = elf.symbols[r.sym]
+        if not sym.defined:
+            continue
+        start = sym.offset + r.addend
+        length = sec.data[r.offset + 9]
+        g = prog.gid(sym.shndx, start)
+        while g >= 0 and prog.off[g] < start + max(length, 1):
+            h.retpoline_safe.add(g)
+            g = prog.next_same_sec(g)

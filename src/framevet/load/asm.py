@@ -54,7 +54,7 @@ def line_table(data: bytes, path: str) -> dict[tuple[str, int], tuple[str, int]]
         elf = ELFFile(io.BytesIO(data))
         if not elf.has_dwarf_info():
             return table
-        dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        dwarf = elf.get_dwarf_info(relocate_dwarf_sections=True)
         seq_sections = _sequence_sections(elf)
         for cu in dwarf.iter_CUs():
             prog = dwarf.line_program_for_CU(cu)
