@@ -1,0 +1,117 @@
+"""Emulation: the ABI contract (framevet.emulate.run_abi) on assembled fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framevet.emulate import Budget, RunStats, run_abi
+from framevet.emulate.spec import parse_args_spec
+from framevet.errors import InputError
+from framevet.load import LoadedObject, load_path
+
+FIX = Path(__file__).parent / "fixtures" / "emulate"
+ARGS = "ptr:64:rand,int:0..63"
+SMALL = Budget(insns=20_000, seconds=5.0)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[LoadedObject]:
+    return load_path(str(FIX / "abi-cases.S"))
+
+
+def label_offset(obj: LoadedObject, function: str, label: str) -> int:
+    syms = {s.name: s.offset for s in obj.elf.symbols if s.name}
+    return syms[label] - syms[function]
+
+
+@pytest.mark.parametrize("function", ["ok_index", "ok_mmx_emms", "ok_indirect"])
+def test_clean_functions_have_no_findings(cases: list[LoadedObject], function: str) -> None:
+    stats = RunStats()
+    assert run_abi(cases, function, ARGS, runs=4, seed=1, stats=stats) == []
+    assert stats.returned == stats.runs == 4
+
+
+@pytest.mark.parametrize(("function", "rule", "severity", "words"), [
+    ("int_index", "abi-violation", "error", "reads 32-bit argument 2 as rsi"),
+    ("clobber_rbx", "abi-violation", "error", "callee-saved rbx not restored"),
+    ("leave_df", "abi-violation", "error", "direction flag set"),
+    ("call_df", "abi-violation", "error", "calls ext_fn with the direction flag set"),
+    ("mmx_no_emms", "abi-violation", "error", "MMX/x87 state in use"),
+    ("unbalanced", "abi-violation", "error", "ret does not return to its caller"),
+    ("below_red_zone", "abi-violation", "warning", "below the 128-byte red zone"),
+    ("overread", "abi-violation", "error", "just past the end of argument 1's 64-byte buffer"),
+    ("runaway", "emulation-error", "warning", "did not return within 20000 instructions"),
+    ("avx", "emulation-error", "warning", "cannot emulate AVX instruction"),
+    ("trap", "abi-violation", "error", "ud2"),
+    ("sys", "emulation-error", "warning", "system calls are not emulated"),
+])
+def test_each_violation_is_reported_at_its_instruction(
+        cases: list[LoadedObject], function: str, rule: str, severity: str,
+        words: str) -> None:
+    found = run_abi(cases, function, ARGS, runs=3, seed=7, budget=SMALL)
+    hits = [f for f in found if words in f.message]
+    assert hits, [f.text() for f in found]
+    f = hits[0]
+    assert (f.rule, f.severity, f.symbol) == (rule, severity, function)
+    obj = cases[0]
+    bad = label_offset(obj, function, f"bad_{function}")
+    if function == "mmx_no_emms":     # the last MMX instruction before ret
+        assert f.offset == bad + 7
+    elif function == "unbalanced":    # the ret
+        assert f.offset == bad + 5
+    else:
+        assert f.offset == bad
+    assert f.file.endswith("abi-cases.S") and f.section == ".text"
+    assert f.source is not None and f.source[0].endswith("abi-cases.S")
+    assert "(in 3 of 3 runs)" in f.message
+
+
+def test_seed002_push_based_save_is_clean() -> None:
+    obj = load_path(str(FIX / "save-extra-regs.S"))
+    stats = RunStats()
+    assert run_abi(obj, "extra_regs_push", runs=8, stats=stats) == []
+    # unwound at every instruction but the external call's stub, with both tables
+    u = stats.unwind
+    assert u.steps == stats.instructions - stats.runs > 0
+    assert u.checked["framevet's CFA table"] == u.checked["DWARF CFI (.eh_frame)"] == u.steps
+
+
+def test_seed002_slot_based_save_writes_into_the_callers_frame() -> None:
+    obj = load_path(str(FIX / "save-extra-regs.S"))
+    found = run_abi(obj, "extra_regs_slots", runs=4)
+    assert [f.rule for f in found] == ["abi-violation"] * 6
+    assert [f.offset for f in found] == [0, 5, 10, 15, 20, 25]
+    assert all("into its caller's frame" in f.message for f in found)
+    assert "entry rsp+0x8 " in found[0].message and "entry rsp+0x30 " in found[5].message
+
+
+def test_runs_are_reproducible_from_the_seed(cases: list[LoadedObject]) -> None:
+    a = run_abi(cases, "clobber_rbx", ARGS, runs=2, seed=3)
+    b = run_abi(cases, "clobber_rbx", ARGS, runs=2, seed=3)
+    c = run_abi(cases, "clobber_rbx", ARGS, runs=2, seed=4)
+    assert [f.message for f in a] == [f.message for f in b] != [f.message for f in c]
+
+
+def test_bad_input_is_an_input_error(cases: list[LoadedObject]) -> None:
+    with pytest.raises(InputError, match="no function 'nope'"):
+        run_abi(cases, "nope")
+    for spec in ("ptr", "ptr:0", "ptr:8:blue", "int:5..1", "float", "int:1..x"):
+        with pytest.raises(InputError):
+            parse_args_spec(spec)
+    with pytest.raises(InputError):
+        parse_args_spec("ptr:8:copy")
+
+
+def test_args_spec_builds_real_buffers() -> None:
+    from framevet.emulate.spec import make_state
+
+    specs = parse_args_spec("ptr:100:str,ptr:100:copy,int:0..15,long:5..5,any")
+    st = make_state(specs, 0, 0)
+    a, b = st.buffers
+    assert a.size == 100 and a.addr % 16 == 0 and b"\0" in a.data
+    assert a.addr + 112 == a.map_start + a.map_size     # ends at a guard page
+    assert st.regs[1] & 0xFFFF_FFFF <= 15 and st.regs[1] >> 32     # junk upper half
+    assert st.int_args == {1: st.regs[1] & 0xFFFF_FFFF}
+    assert st.regs[2] == 5
