@@ -72,7 +72,7 @@ def profile(modules: list[str]) -> tuple[int, dict[str, float]]:
     sys.path.insert(0, os.path.join(ROOT, "src"))
     from framevet import rules
     from framevet.analysis import Options
-    from framevet.cfa import WalkOptions, Walker
+    from framevet.cfa import Walker, WalkOptions
     from framevet.cfg import build
     from framevet.hints import read_hints
     from framevet.load import load_path

@@ -1,8 +1,7 @@
-"""Bad input: one clear error line naming the file, exit 2, no traceback, no hang, input untouched."""
+"""Bad input: one error line naming the file, exit 2, no traceback, no hang, input intact."""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import subprocess
 import sys

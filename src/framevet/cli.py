@@ -211,7 +211,8 @@ def _progress(total: int) -> _Bar | None:
 def cmd_check(args: argparse.Namespace) -> int:
     options = _options(args)
     cflags = args.cflags.split()
-    findings, errors = [], 0
+    findings: list[Any] = []
+    errors = 0
     for _path, (packed, err) in run_parallel(args.files, check_file, (options, cflags),
                                              args.jobs, not args.no_progress):
         if err:
@@ -301,7 +302,7 @@ def cfi_file(path: str, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
     from framevet.load import load_path
 
     try:
-        out = []
+        out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags):
             out.extend(_pack(f) for f in check_cfi(obj))
         return out, ""
@@ -312,7 +313,8 @@ def cfi_file(path: str, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
 
 
 def cmd_cfi(args: argparse.Namespace) -> int:
-    findings, errors = [], 0
+    findings: list[Any] = []
+    errors = 0
     for _path, (packed, err) in run_parallel(args.files, cfi_file, (args.cflags.split(),),
                                              args.jobs, not args.no_progress):
         if err:

@@ -81,8 +81,8 @@ def _build_table() -> dict[int, int]:
     put(C_POP_MEM, _codes("POPQ_FS", "POPQ_GS", "POPW_FS", "POPW_GS", "POP_RM64", "POP_RM16"))
     jcc = [c for n in dir(Code) if re.fullmatch(r"J(?!MP)[A-Z]+_REL(8|32)_64", n)
            for c in _codes(n)]
-    jcc += [c for n in dir(Code) if re.fullmatch(r"(LOOP[A-Z]*_REL8_64_[A-Z]+|J[RE]?CXZ_REL8_64)", n)
-            for c in _codes(n)]
+    loops = r"(LOOP[A-Z]*_REL8_64_[A-Z]+|J[RE]?CXZ_REL8_64)"
+    jcc += [c for n in dir(Code) if re.fullmatch(loops, n) for c in _codes(n)]
     put(C_JCC, jcc)
     put(C_ARITH_IMM, _codes("ADD_RM64_IMM8", "ADD_RM64_IMM32", "SUB_RM64_IMM8", "SUB_RM64_IMM32",
                             "AND_RM64_IMM8", "AND_RM64_IMM32"))

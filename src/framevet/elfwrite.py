@@ -60,24 +60,24 @@ def orc_object(elf: ElfObject, rows: list[OrcRow]) -> bytes:
     if needed:
         new_syms = b"".join(_SYM.pack(0, STT_SECTION, 0, sec, 0, 0) for sec in needed)
         shift = len(needed)
-        sym_data = (sym_data[: first_global * _SYM.size] + new_syms
-                    + sym_data[first_global * _SYM.size:])
+        sym_data = bytearray(sym_data[: first_global * _SYM.size] + new_syms
+                             + sym_data[first_global * _SYM.size:])
         for i, sec in enumerate(needed):
             section_sym[sec] = first_global + i
         headers[elf.symtab_index][7] = first_global + shift    # sh_info
         overrides[elf.symtab_index] = bytes(sym_data)
-        for sec in elf.sections:
-            if sec.type == SHT_RELA and sec.link == elf.symtab_index:
-                body = bytearray(sec.data)
+        for rsec in elf.sections:
+            if rsec.type == SHT_RELA and rsec.link == elf.symtab_index:
+                body = bytearray(rsec.data)
                 for off in range(0, len(body) - len(body) % 24, 24):
                     r_off, info, addend = _RELA.unpack_from(body, off)
                     sym = info >> 32
                     if sym >= first_global:
-                        _RELA.pack_into(body, off, r_off, ((sym + shift) << 32) | (info & 0xFFFFFFFF),
-                                        addend)
-                overrides[sec.index] = bytes(body)
-            elif sec.type == 17 and sec.link == elf.symtab_index and sec.info >= first_global:
-                headers[sec.index][7] = sec.info + shift   # SHT_GROUP signature symbol
+                        new_info = ((sym + shift) << 32) | (info & 0xFFFFFFFF)
+                        _RELA.pack_into(body, off, r_off, new_info, addend)
+                overrides[rsec.index] = bytes(body)
+            elif rsec.type == 17 and rsec.link == elf.symtab_index and rsec.info >= first_global:
+                headers[rsec.index][7] = rsec.info + shift   # SHT_GROUP signature symbol
 
     orc = b"".join(pack_entry(r.entry) for r in rows)
     ip = bytes(4 * len(rows))
@@ -91,23 +91,23 @@ def orc_object(elf: ElfObject, rows: list[OrcRow]) -> bytes:
         shstr += n.encode() + b"\0"
     overrides[shstrndx] = bytes(shstr)
 
-    out = raw
-    for idx, body in overrides.items():
+    out = bytearray(raw)
+    for idx, replaced in overrides.items():
         out += b"\0" * (_align(len(out), 8) - len(out))
         headers[idx][4] = len(out)   # sh_offset
-        headers[idx][5] = len(body)  # sh_size
-        out += body
+        headers[idx][5] = len(replaced)  # sh_size
+        out += replaced
     new_headers = []
     orc_idx = len(headers)
-    for name, body, typ, flags, entsize, align, link, info in (
+    for name, data, typ, flags, entsize, align, link, info in (
             (".orc_unwind", orc, SHT_PROGBITS, SHF_ALLOC, 6, 1, 0, 0),
             (".orc_unwind_ip", ip, SHT_PROGBITS, SHF_ALLOC, 4, 1, 0, 0),
             (".rela.orc_unwind_ip", rela, SHT_RELA, SHF_INFO_LINK, 24, 8, elf.symtab_index,
              orc_idx + 1)):
         out += b"\0" * (_align(len(out), 8) - len(out))
-        new_headers.append([names[name], typ, flags, 0, len(out), len(body), link, info, align,
+        new_headers.append([names[name], typ, flags, 0, len(out), len(data), link, info, align,
                             entsize])
-        out += body
+        out += data
     if not rows:
         new_headers = []
     out += b"\0" * (_align(len(out), 8) - len(out))

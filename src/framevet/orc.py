@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from framevet import decode as d
 from framevet.cfa import WalkResult
@@ -111,12 +112,12 @@ def generate(prog: Program, result: WalkResult) -> list[OrcRow]:
             ag = groups[grp]
             first_off = prog.off[ag.first]
             span = prog.off[ag.last] + prog.length[ag.last] - first_off
-            arr = ag.cfi
+            arr: list[Any] = ag.cfi
             for i in range(min(span, len(arr))):
-                c = arr[i]
-                if c is None:
+                ac = arr[i]
+                if ac is None:
                     continue
-                e = entry_for(c)  # type: ignore[arg-type]
+                e = entry_for(ac)
                 if e != prev:
                     rows.append(OrcRow(ds.index, first_off + i, e))
                     prev = e

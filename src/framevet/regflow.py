@@ -42,7 +42,7 @@ _MEM_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE,
 _FULL = {}
 for _r in range(1, 256):
     try:
-        _full = RegisterExt.full_register(_r)
+        _full = RegisterExt.full_register(_r)  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - not every number is a register
         continue
     _FULL[_r] = _full

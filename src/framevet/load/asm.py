@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
@@ -83,10 +84,10 @@ def line_table(data: bytes, path: str) -> dict[tuple[str, int], tuple[str, int]]
 
 
 def _sequence_sections(elf: ELFFile) -> list[str]:
-    rela = elf.get_section_by_name(".rela.debug_line")
+    rela: Any = elf.get_section_by_name(".rela.debug_line")
     if rela is None:
         return []
-    symtab = elf.get_section(rela["sh_link"])
+    symtab: Any = elf.get_section(rela["sh_link"])
     out: list[tuple[int, str]] = []
     for r in rela.iter_relocations():
         if r["r_info_type"] != 1:  # R_X86_64_64: DW_LNE_set_address

@@ -1,0 +1,113 @@
+"""The command line: formats, exit codes, rule docs, source lines, parallel runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+from conftest import FIXTURES, ROOT, assemble
+
+SEEDS = FIXTURES / "seeds"
+SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
+
+
+def fv(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
+                          text=True, check=False, timeout=120)
+
+
+def test_exit_codes() -> None:
+    clean = assemble(SEEDS / "save-extra-regs-push.S")
+    dirty = assemble(SEEDS / "save-extra-regs-slots.S")
+    assert fv("check", str(clean)).returncode == 0
+    assert fv("check", str(dirty)).returncode == 1
+    assert fv("check", "--fail-on", "never", str(dirty)).returncode == 0
+    assert fv("check", "--disable", "caller-frame-write", str(dirty)).returncode == 0
+    assert fv("check", "--bogus-switch", str(clean)).returncode == 2
+
+
+def test_text_format_names_source_line_and_symbol() -> None:
+    r = fv("check", str(SEEDS / "save-extra-regs-slots.S"))
+    first = r.stdout.splitlines()[0]
+    assert first.startswith(f"{SEEDS / 'save-extra-regs-slots.S'}:8: ")
+    assert "lockdep_sys_exit_thunk+0x0: store to the caller's frame" in first
+    assert first.endswith("[caller-frame-write]")
+
+
+def test_objtool_format_is_objtools_words() -> None:
+    obj = assemble(SEEDS / "fred-frame-builder.S")
+    r = fv("check", "--format", "objtool", "--objtool-only", str(obj))
+    assert r.stdout.splitlines() == [
+        f"{obj}: warning: objtool: vmx_do_fred_interrupt_irqoff+0x17: "
+        "return with modified stack frame",
+        f"{obj}: warning: objtool: vmx_do_fred_nmi_irqoff+0x19: "
+        "sibling call from callable instruction with modified stack frame",
+    ]
+
+
+def test_json_format() -> None:
+    r = fv("check", "--format", "json", str(SEEDS / "gpr-switch-return-oriented.S"))
+    items = json.loads(r.stdout)
+    assert {i["rule"] for i in items} >= {"return-address-overwrite", "return-modified-frame"}
+    one = next(i for i in items if i["rule"] == "return-address-overwrite")
+    for key in ("file", "section", "symbol", "offset", "address", "rule", "severity", "message"):
+        assert key in one
+    assert one["symbol"] == "host_to_guest_gpr_switch" and one["section"] == ".text"
+    assert one["source"]["line"] > 0
+
+
+def test_sarif_validates_against_the_2_1_0_schema() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    for src in ("gpr-switch-return-oriented.S", "save-extra-regs-push.S"):
+        r = fv("check", "--format", "sarif", str(SEEDS / src))
+        log = json.loads(r.stdout)
+        jsonschema.validate(log, schema)
+        assert log["version"] == "2.1.0"
+    results = json.loads(fv("check", "--format", "sarif",
+                            str(SEEDS / "gpr-switch-return-oriented.S")).stdout)
+    assert results["runs"][0]["results"], "findings must appear as results"
+
+
+def test_html_report(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    r = fv("check", "--format", "html", "-o", str(out), str(SEEDS / "save-extra-regs-slots.S"))
+    assert r.returncode == 1
+    text = out.read_text()
+    assert "<table>" in text and "caller-frame-write" in text
+
+
+def test_rules_listing_and_docs() -> None:
+    r = fv("rules")
+    assert r.returncode == 0
+    for rid in ("return-modified-frame", "callee-saved-clobber", "caller-frame-write",
+                "return-address-overwrite", "call-misaligned-stack", "missing-int3-after-ret"):
+        assert rid in r.stdout
+    doc = fv("rules", "return-address-overwrite").stdout
+    assert "return stack buffer" in doc and "Fix:" in doc
+    assert fv("rules", "no-such-rule").returncode == 2
+
+
+def test_many_files_in_parallel_keep_input_order() -> None:
+    objs = [str(assemble(SEEDS / n)) for n in (
+        "save-extra-regs-slots.S", "save-extra-regs-push.S", "fred-frame-builder.S")]
+    r = fv("check", "-j", "2", "--format", "json", *objs)
+    files = [i["file"] for i in json.loads(r.stdout)]
+    assert files == sorted(files, key=objs.index)
+    assert set(files) == {objs[0], objs[2]}
+
+
+def test_user_profile_misaligned_call(tmp_path: Path) -> None:
+    src = tmp_path / "m.S"
+    src.write_text(".text\n.globl f\n.type f,@function\nf:\n push %rbx\n call g\n pop %rbx\n"
+                   " ret\n.size f,.-f\n.globl h\n.type h,@function\nh:\n sub $8,%rsp\n"
+                   " call g\n add $8,%rsp\n ret\n.size h,.-h\n")
+    r = fv("check", "--profile", "user", "--format", "json", str(src))
+    hits = [(i["symbol"], i["rule"]) for i in json.loads(r.stdout)]
+    assert ("f", "call-misaligned-stack") not in hits  # 8 (ret) + 8 (rbx) = 16: aligned
+    src.write_text(".text\n.globl f\n.type f,@function\nf:\n call g\n ret\n.size f,.-f\n")
+    hits = [(i["symbol"], i["rule"]) for i in json.loads(
+        fv("check", "--profile", "user", "--format", "json", str(src)).stdout)]
+    assert ("f", "call-misaligned-stack") in hits
