@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from framevet import decode as d
 from framevet.load.elf import STB_LOCAL, STT_SECTION
 from framevet.regflow import TRACKED, callee_saved_clobbers
-from framevet.state import UNDEFINED
 from framevet.rules import Rule, register
+from framevet.state import UNDEFINED
 
 if TYPE_CHECKING:
     from framevet.analysis import Context
@@ -67,6 +67,13 @@ def _suspects(ctx: Context) -> set[int]:
             if mask >> r & 1 and c[9 + 2 * r] == UNDEFINED:
                 out.add(prog.functions[fi].parent)
                 break
+    # ... but only up to returns the walk accepted: one reached with a register still
+    # recorded as saved (objtool's "modified frame") may return it clobbered
+    for g, k in enumerate(prog.kind):
+        c = cfi[g]
+        if (k == d.RETURN or k == d.JUMP_UNCOND) and c is not None and prog.func[g] >= 0:
+            if any(c[9 + 2 * r] != UNDEFINED for r in TRACKED):
+                out.add(prog.functions[prog.func[g]].parent)
     for fi in list(out):
         out.update(i for i, f in enumerate(prog.functions) if f.parent == fi)
     # callers of suspects inherit their summaries
