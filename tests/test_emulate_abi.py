@@ -26,7 +26,8 @@ def label_offset(obj: LoadedObject, function: str, label: str) -> int:
     return syms[label] - syms[function]
 
 
-@pytest.mark.parametrize("function", ["ok_index", "ok_mmx_emms", "ok_indirect"])
+@pytest.mark.parametrize("function", ["ok_index", "ok_mmx_emms", "ok_indirect", "ok_fentry",
+                                      "ok_retpoline"])
 def test_clean_functions_have_no_findings(cases: list[LoadedObject], function: str) -> None:
     stats = RunStats()
     assert run_abi(cases, function, ARGS, runs=4, seed=1, stats=stats) == []
@@ -102,6 +103,20 @@ def test_bad_input_is_an_input_error(cases: list[LoadedObject]) -> None:
             parse_args_spec(spec)
     with pytest.raises(InputError):
         parse_args_spec("ptr:8:copy")
+
+
+def test_retpoline_thunk_reaches_its_target(cases: list[LoadedObject]) -> None:
+    stats = RunStats()
+    assert run_abi(cases, "ok_retpoline", "ptr:64:rand", runs=2, stats=stats) == []
+    # ok_retpoline's 4 instructions before the thunk, the thunk, ok_index's 3, pop, ret
+    assert stats.instructions == 2 * 10
+
+
+def test_memory_budget_is_checked_before_allocating(cases: list[LoadedObject]) -> None:
+    with pytest.raises(InputError, match="memory budget"):
+        run_abi(cases, "ok_index", "ptr:100000000000")
+    with pytest.raises(InputError, match="memory budget"):
+        run_abi(cases, "ok_index", "ptr:8192", budget=Budget(memory=4096))
 
 
 def test_args_spec_builds_real_buffers() -> None:

@@ -44,7 +44,7 @@ from framevet.emulate.findings import (
 )
 from framevet.emulate.image import Image, link, place_raw
 from framevet.emulate.raw import stub_checks
-from framevet.emulate.spec import Budget, parse_args_spec
+from framevet.emulate.spec import Budget, check_budget, parse_args_spec
 from framevet.errors import InputError
 from framevet.load import LoadedObject, load_path
 from framevet.load.elf import STT_FUNC
@@ -137,13 +137,15 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
         a :class:`RunStats` to fill with figures (instructions stepped...).
     """
     specs = parse_args_spec(args_spec)
+    budget = budget or Budget()
+    check_budget(specs, budget)
     if runs < 1:
         raise InputError("--runs", "must be at least 1")
     target = _find_function(loaded, function)
     image = link([target, *link_with], values)
     entry = _entry(image, function, target.display)
     st = stats if stats is not None else RunStats()
-    judge = AbiJudge(image, entry, target.display, specs, budget or Budget(), profile, unwind,
+    judge = AbiJudge(image, entry, target.display, specs, budget, profile, unwind,
                      check_nested, st, _clobbers(clobbers))
     judge.run_all(runs, seed)
     return judge.findings(runs) + _reloc_notes(image, target.display)
@@ -190,13 +192,17 @@ def run_raw(code: bytes, base: int, entry: int = 0, *, symbols: Mapping[str, int
     branch and RIP-relative operand against ``symbols``.
     """
     specs = parse_args_spec(args_spec)
+    budget = budget or Budget()
+    check_budget(specs, budget)
+    if runs < 1:
+        raise InputError("--runs", "must be at least 1")
     syms = dict(symbols or {})
     if not 0 <= entry < len(code):
         raise InputError(path, f"entry offset 0x{entry:x} is outside the {len(code)}-byte stub")
     found = stub_checks(code, base, syms, max_size, path, name, entry)
     image = place_raw(code, base, {name: entry}, path, syms, link_with, values)
     st = stats if stats is not None else RunStats()
-    judge = AbiJudge(image, base + entry, path, specs, budget or Budget(), profile, unwind,
+    judge = AbiJudge(image, base + entry, path, specs, budget, profile, unwind,
                      False, st, _clobbers(clobbers))
     judge.run_all(runs, seed)
     return found + judge.findings(runs)
@@ -271,6 +277,8 @@ def diff(a_spec: str | FunctionTarget | RawTarget, b_spec: str | FunctionTarget 
     with both sides' last instructions as its trace.
     """
     specs = parse_args_spec(args_spec)
+    budget = budget or Budget()
+    check_budget(specs, budget)
     try:
         compared_regs(compare)
     except ValueError as exc:
@@ -279,5 +287,4 @@ def diff(a_spec: str | FunctionTarget | RawTarget, b_spec: str | FunctionTarget 
     for label, spec in (("A", a_spec), ("B", b_spec)):
         t = parse_target(spec, cflags) if isinstance(spec, str) else spec
         sides.append(t.side(label, values))
-    return diff_sides(sides[0], sides[1], specs, runs, seed, budget or Budget(), compare,
-                      profile, stats)
+    return diff_sides(sides[0], sides[1], specs, runs, seed, budget, compare, profile, stats)

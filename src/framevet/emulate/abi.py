@@ -45,7 +45,11 @@ class RunStats:
 
     runs: int = 0
     returned: int = 0
+    #: instructions executed, every run (judged runs and the junk-upper-half reruns);
+    #: unicorn reports each iteration of a rep-prefixed instruction separately ...
     instructions: int = 0
+    #: ... and this many of them were such further iterations
+    rep_iterations: int = 0
     unwind: UnwindStats = field(default_factory=UnwindStats)
     notes: list[str] = field(default_factory=list)
 
@@ -135,12 +139,14 @@ class AbiJudge:
             res = self.machine(clean, True, record_pcs=bool(state.int_args)).run()
             self.stats.runs += 1
             self.stats.instructions += res.steps
+            self.stats.rep_iterations += res.rep_iters
             self.stats.returned += res.returned
             self.judge(run, clean, res)
             if state.int_args:
                 junk = self.machine(state, False, record_pcs=True,
                                     taint=set(state.int_args)).run()
                 self.stats.instructions += junk.steps
+                self.stats.rep_iterations += junk.rep_iters
                 self.judge_ints(run, state, res, junk)
 
     def judge(self, run: int, state: InitialState, res: RunResult) -> None:

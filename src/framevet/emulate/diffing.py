@@ -140,6 +140,7 @@ def diff_sides(sa: Side, sb: Side, specs: list[ArgSpec], runs: int, seed: int,
         if stats is not None:
             stats.runs += 1                       # type: ignore[attr-defined]
             stats.instructions += ra.steps + rb.steps  # type: ignore[attr-defined]
+            stats.rep_iterations += ra.rep_iters + rb.rep_iters  # type: ignore[attr-defined]
         d = first_divergence(ra, rb, regs, mask, sa, sb)
         if d is None:
             continue

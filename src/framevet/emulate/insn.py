@@ -56,6 +56,7 @@ class Insn:
     emms: bool                   # empties it (emms, femms, fninit, fxrstor...)
     valid: bool
     vex: bool                    # VEX/EVEX encoded (AVX): unicorn 2.1 cannot run most
+    rep: bool                    # rep/repe/repne prefix: one hook call per iteration
     ins: Instruction
 
     def operand_target(self, regs: list[int], read64: object) -> int | None:
@@ -124,7 +125,8 @@ def decode(code: bytes, addr: int) -> Insn:
     ret_pop = ins.immediate16 if kind == RET and ins.op_count == 1 else 0
     return Insn(addr, ins.len if valid else 1, text, kind, target, ret_pop,
                 tuple(sorted(reads)), tuple(sorted(writes)), mmx and not emms, emms,
-                valid, vex, ins)
+                valid, vex, valid and (ins.has_rep_prefix or ins.has_repe_prefix
+                                       or ins.has_repne_prefix), ins)
 
 
 def _is_vex(code: bytes) -> bool:

@@ -14,8 +14,8 @@ Memory-write hooks judge every store against the frame it hits.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import random
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from framevet.emulate import insn as I
 from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
 from framevet.emulate.image import PAGE, Image, page_down, page_up
 from framevet.emulate.spec import (
+    ARG_REGS,
     CALLEE_SAVED,
     CALLER_AREA,
     CALLER_SAVED,
@@ -51,45 +52,22 @@ from framevet.emulate.spec import (
     Budget,
     InitialState,
 )
+from framevet.emulate.ucregs import UC_REGS as _UC_REGS
+from framevet.emulate.ucregs import XMM as _XMM
+from framevet.emulate.ucregs import RegFile
+from framevet.errors import InputError
 
-_UC_REGS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX, X.UC_X86_REG_RBX,
-            X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_RSP,
-            X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
-            X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
-            X.UC_X86_REG_RIP, X.UC_X86_REG_EFLAGS]
-_XMM = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 TRACE_LEN = 12
+#: external symbols that change no register: ftrace entry and the return thunks
+PRESERVING = frozenset({"__fentry__", "mcount", "__x86_return_thunk", "srso_return_thunk",
+                        "srso_alias_return_thunk", "retbleed_return_thunk",
+                        "entry_untrain_ret", "zen_untrain_ret", "__x86_return_skl"})
+#: retpoline thunks: ``jmp *%reg`` (into code when the register points at code)
+_THUNK = re.compile(r"__x86_indirect_(?:call_|jump_)?thunk_(r\w+)")
+_REG_NUM = {n: i for i, n in enumerate(REG_NAMES[:16])}
 #: VEX-encoded instructions unicorn 2.1 (QEMU 5 TCG) executes: BMI1/2 and vzero*
 _VEX_OK = {"andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep", "pext", "rorx",
            "sarx", "shlx", "shrx", "vzeroupper", "vzeroall"}
-
-
-class RegFile:
-    """Reads the 16 GPRs, rip and rflags (DWARF order) in one ``uc_reg_read_batch`` call."""
-
-    def __init__(self, uc: Uc) -> None:
-        self.uc = uc
-        n = len(_UC_REGS)
-        self.n = n
-        self.fast = None
-        try:
-            from unicorn.unicorn_py3.unicorn import uclib  # internal: 15x faster than the API
-
-            self.ids = (ctypes.c_int32 * n)(*_UC_REGS)
-            self.vals = (ctypes.c_uint64 * n)()
-            base = ctypes.addressof(self.vals)
-            self.ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
-            self.fast = uclib.uc_reg_read_batch
-            self.handle = uc._uch
-            self.read()
-        except Exception:  # noqa: BLE001 - any binding change: use the public API
-            self.fast = None
-
-    def read(self) -> list[int]:
-        if self.fast is not None:
-            if self.fast(self.handle, self.ids, self.ptrs, self.n) == 0:
-                return self.vals[:]
-        return list(self.uc.reg_read_batch(_UC_REGS))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -145,6 +123,8 @@ class RunResult:
     taint: list[tuple[int, int, int]] = field(default_factory=list)   # (step, pc, reg)
     insns: dict[int, I.Insn] = field(default_factory=dict)
     memory_addr: dict[str, int] = field(default_factory=dict)
+    #: hook calls that were further iterations of a rep-prefixed string instruction
+    rep_iters: int = 0
 
     def text_at(self, pc: int) -> str:
         ins = self.insns.get(pc)
@@ -184,6 +164,7 @@ class Machine:
         self.taint = set(taint or ())
         self.taint_hits: list[tuple[int, int, int]] = []
         self.steps = 0
+        self.rep_iters = 0
         self.cur_pc = 0
         self.cur_kind = I.OTHER
         self.prev: list[int] | None = None
@@ -227,8 +208,9 @@ class Machine:
         uc.mem_write(EXIT_ADDR, b"\xf4" * PAGE)
         total += STACK_TOP - self.stack_lo + PAGE
         if total > self.budget.memory:
-            raise MemoryError(f"emulation needs {total} bytes, over the {self.budget.memory} "
-                              f"byte memory budget")
+            raise InputError(self.image.objects[0].display if self.image.objects else "input",
+                             f"emulation needs {total} bytes mapped, over the "
+                             f"{self.budget.memory}-byte memory budget")
         regs = list(st.regs)
         regs[7] = self.E
         for r in range(16):
@@ -316,6 +298,7 @@ class Machine:
             if (regs[RFLAGS] ^ prev[RFLAGS]) & DF:
                 self.df_writer = pp
         self.prev = regs
+        same = addr == self.cur_pc
         self.cur_pc = addr
         self.trace.append(addr)
         if self.pcs is not None:
@@ -327,6 +310,8 @@ class Machine:
             return
         ins = self.insn_at(addr)
         self.cur_kind = ins.kind
+        if same and ins.rep:
+            self.rep_iters += 1
         if ins.vex and ins.text.split()[0] not in _VEX_OK:
             self._stop(Fault("unsupported", addr, f"cannot emulate AVX instruction "
                              f"'{ins.text}': unicorn 2.1 (QEMU 5 TCG) has no AVX, so the run "
@@ -416,6 +401,18 @@ class Machine:
         top = self.frames[-1] if self.frames else None
         site = top.call_pc if top is not None and top.entry == addr else self.trace[-2] \
             if len(self.trace) > 1 else addr
+        thunk = _THUNK.fullmatch(name)
+        if thunk is not None:          # retpoline thunk: jmp *%reg
+            target = regs[_REG_NUM[thunk.group(1)]]
+            if self.image.is_code(target):
+                if top is not None and top.entry == addr:
+                    top.entry = target
+                self.uc.reg_write(X.UC_X86_REG_RIP, target)
+                return
+        if name in PRESERVING:         # ftrace, return thunks: no register changes
+            if top is not None and self.read64(regs[7]) == top.ra:
+                self.frames.pop()
+            return
         self.externs.append((name, site))
         if regs[RFLAGS] & DF:
             self.event(site, f"calls {name} with the direction flag set", "call-df")
@@ -477,6 +474,13 @@ class Machine:
                         f"buffer")
         if addr < 0x10000:
             return f"0x{addr:x} (near-NULL pointer)"
+        given = {b.arg for b in self.state.buffers}
+        for i, r in enumerate(ARG_REGS):
+            v = self.state.regs[r]
+            if i not in given and abs(addr - v) < 0x10000:
+                return (f"unmapped address 0x{addr:x} = {REG_NAMES[r]}{addr - v:+#x}, and "
+                        f"{REG_NAMES[r]} held a random value: if argument {i + 1} is a pointer, "
+                        f"say so with --args (ptr:N)")
         return f"unmapped address 0x{addr:x}"
 
     def _on_unmapped(self, uc: Uc, access: int, addr: int, size: int, value: int,
@@ -582,4 +586,4 @@ class Machine:
                          self.writes, self.externs, list(self.trace), self.pcs,
                          self.last_writer, self.df_writer, self.mmx_last,
                          uc.reg_read(X.UC_X86_REG_FPTAG), mem, self.taint_hits, self.insns,
-                         where)
+                         where, self.rep_iters)

@@ -178,6 +178,16 @@ def memory_needed(specs: list[ArgSpec], budget: Budget) -> int:
     return bufs + budget.stack + CALLER_AREA + 2 * PAGE
 
 
+def check_budget(specs: list[ArgSpec], budget: Budget) -> None:
+    """Refuse, before allocating anything, argument buffers over the memory budget."""
+    need = memory_needed(specs, budget)
+    if need > budget.memory:
+        raise InputError("--args", f"argument buffers and stack need {need} bytes, over the "
+                                   f"{budget.memory}-byte memory budget")
+    if budget.insns < 1 or budget.seconds <= 0 or budget.stack < PAGE:
+        raise InputError("--budget", "instruction, time and stack budgets must be positive")
+
+
 def make_state(specs: list[ArgSpec], seed: int, run: int) -> InitialState:
     """The random initial state of run ``run`` under ``seed``."""
     rng = random.Random(f"framevet-emulate:{seed}:{run}")
