@@ -102,7 +102,7 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
             budget: Budget | None = None, profile: str = "user", unwind: bool = True,
             values: Mapping[str, int] | None = None, link_with: Sequence[LoadedObject] = (),
             check_nested: bool = False, clobbers: Mapping[str, Iterable[str]] | None = None,
-            stats: RunStats | None = None) -> list[Finding]:
+            stack_args: int = 0, stats: RunStats | None = None) -> list[Finding]:
     """Check ``function`` of ``loaded`` against the x86-64 ABI by running it.
 
     loaded
@@ -133,6 +133,10 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
         non-standard conventions (design §6 hints): ``{"load_guest_gprs":
         ["rbx", "rbp", ...]}`` or ``["*"]`` — those callee-saved registers are
         not expected back from that function, nor recovered by unwinding in it.
+    stack_args
+        words above the return address ``function`` may write (its stack
+        arguments; hints ``stack_args = N``); other stores there are into the
+        caller's frame.
     stats
         a :class:`RunStats` to fill with figures (instructions stepped...).
     """
@@ -146,7 +150,7 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
     entry = _entry(image, function, target.display)
     st = stats if stats is not None else RunStats()
     judge = AbiJudge(image, entry, target.display, specs, budget, profile, unwind,
-                     check_nested, st, _clobbers(clobbers))
+                     check_nested, st, _clobbers(clobbers), stack_args)
     judge.run_all(runs, seed)
     return judge.findings(runs) + _reloc_notes(image, target.display)
 

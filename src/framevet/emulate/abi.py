@@ -106,12 +106,14 @@ class AbiJudge:
 
     def __init__(self, image: Image, entry: int, display: str, specs: list[ArgSpec],
                  budget: Budget, profile: str, unwind: bool, check_nested: bool,
-                 stats: RunStats, clobbers: Mapping[str, frozenset[int]] | None = None) -> None:
+                 stats: RunStats, clobbers: Mapping[str, frozenset[int]] | None = None,
+                 stack_args: int = 0) -> None:
         self.image, self.entry, self.display, self.specs = image, entry, display, specs
         self.budget, self.profile, self.check_nested = budget, profile, check_nested
         self.stats = stats
         self.found: dict[str, _Agg] = {}
         self.clobbers = dict(clobbers or {})
+        self.stack_args = stack_args
         self.checker = UnwindChecker(image, profile, stats.notes, clobbers) if unwind else None
         if self.checker is not None:
             self.checker.stats = stats.unwind
@@ -128,7 +130,7 @@ class AbiJudge:
               if (a := self.image.function_addr(fn)) is not None}
         return Machine(self.image, state, self.entry, self.budget, self.profile,
                        self.checker if observe else None, check_nested=self.check_nested,
-                       clobbers_at=at, **kw)  # type: ignore[arg-type]
+                       clobbers_at=at, stack_args=self.stack_args, **kw)  # type: ignore[arg-type]
 
     def run_all(self, runs: int, seed: int) -> None:
         for run in range(runs):

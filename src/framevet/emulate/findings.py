@@ -44,6 +44,8 @@ class Finding:
     trace: list[str] = field(default_factory=list)
     address: int | None = None
     source: tuple[str, int] | None = None
+    #: offset in ``section`` (``offset`` is symbol-relative when there is a symbol)
+    section_offset: int | None = None
 
     def location(self) -> str:
         if self.symbol:
@@ -78,7 +80,7 @@ def finding_at(image: Image, pc: int, rule: str, severity: str, message: str,
     if loc is None:
         name = image.extern_at.get(pc, "")
         return Finding(display, "", name, 0, rule, severity, message, list(trace or []),
-                       pc or None)
+                       pc or None, None, None)
     off = loc.sym_offset if loc.symbol else loc.offset
     source = None
     if loc.obj.loaded is not None:
@@ -89,4 +91,4 @@ def finding_at(image: Image, pc: int, rule: str, severity: str, message: str,
             # the assembled file itself is the right answer for one-file sources
             source = (loc.obj.display, source[1])
     return Finding(loc.obj.display, loc.section.name, loc.symbol, off, rule, severity, message,
-                   list(trace or []), pc, source)
+                   list(trace or []), pc, source, loc.offset)

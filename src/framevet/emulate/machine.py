@@ -138,7 +138,8 @@ class Machine:
                  profile: str = "user", observer: Observer | None = None,
                  record_pcs: bool = False, taint: set[int] | None = None,
                  check_nested: bool = False,
-                 clobbers_at: dict[int, frozenset[int]] | None = None) -> None:
+                 clobbers_at: dict[int, frozenset[int]] | None = None,
+                 stack_args: int = 0) -> None:
         self.image, self.state, self.entry, self.budget = image, state, entry, budget
         self.profile = profile
         self.red_zone = 128 if profile == "user" else 0
@@ -150,7 +151,8 @@ class Machine:
         self.uc.ctl_set_tlb_mode(uc_const.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         nsa = len(state.stack_args)
         self.E = ((STACK_TOP - CALLER_AREA - 8 * nsa) & ~15) - 8
-        self.args_end = self.E + 8 + 8 * nsa
+        #: words above the return address the function may write: its stack arguments
+        self.args_end = self.E + 8 + 8 * max(nsa, stack_args)
         self.stack_lo = page_down(self.E) - budget.stack
         self.events: list[Event] = []
         self.writes: list[tuple[int, int, int, int]] = []

@@ -24,8 +24,9 @@ _SPAN = 1 << 31
 
 
 def _finding(path: str, name: str, off: int, rule: str, severity: str, message: str,
-             base: int) -> Finding:
-    return Finding(path, ".text", name, off, rule, severity, message, [], base + off)
+             base: int, entry: int = 0) -> Finding:
+    return Finding(path, ".text", name, off, rule, severity, message, [], base + entry + off,
+                   None, entry + off)
 
 
 def stub_checks(code: bytes, base: int, symbols: Mapping[str, int], max_size: int | None,
@@ -35,7 +36,7 @@ def stub_checks(code: bytes, base: int, symbols: Mapping[str, int], max_size: in
     if max_size is not None and len(code) > max_size:
         out.append(_finding(path, name, max_size - entry, STUB_SIZE, "error",
                             f"stub is {len(code)} bytes, larger than its {max_size}-byte "
-                            f"buffer: it overflows by {len(code) - max_size} bytes", base))
+                            f"buffer: it overflows by {len(code) - max_size} bytes", base, entry))
     by_addr = {a: n for n, a in symbols.items()}
     end = base + len(code)
     dec = Decoder(64, code, ip=base)
@@ -61,9 +62,9 @@ def stub_checks(code: bytes, base: int, symbols: Mapping[str, int], max_size: in
             out.append(_finding(path, name, off, REL32_REACH, "error",
                                 f"'{text}': {kind} to {n} (0x{a:x}) needs a displacement of "
                                 f"{a - nxt:+#x}, beyond the ±2 GiB of rel32: it was truncated "
-                                f"and lands at 0x{target:x}", base))
+                                f"and lands at 0x{target:x}", base, entry))
         else:
             out.append(_finding(path, name, off, REL32_REACH, "warning",
                                 f"'{text}': {kind} target 0x{target:x} is neither inside the "
-                                f"stub nor a declared --symbol", base))
+                                f"stub nor a declared --symbol", base, entry))
     return out

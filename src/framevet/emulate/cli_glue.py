@@ -1,0 +1,156 @@
+"""Adapter between ``framevet abi`` / ``framevet diff`` (cli_emulate.py) and this package.
+
+The command-line parsers live in :mod:`framevet.cli_emulate`; they hand their
+``argparse.Namespace`` here.  Attributes read (missing ones take the default):
+
+``framevet abi``: ``file``, ``function``, ``args``, ``runs``, ``seed``, ``raw``,
+``base``, ``entry``, ``symbol`` (list of NAME=ADDR), ``max_size``,
+``no_unwind``, ``cflags``, and if present ``profile`` (default: ``kernel`` for
+``.ko`` and raw stubs, else ``user``), ``hints`` (TOML sidecar, default
+``framevet.toml`` beside FILE: ``clobbers`` and ``stack_args`` of each
+function are honoured), ``compare``.  With ``--raw``, FILE is optional and,
+when given, is linked in: ``--symbol`` names it defines run its code.
+
+``framevet diff``: ``a``, ``b`` — each ``FILE:FUNCTION`` or
+``raw:STUB.bin@BASE[+ENTRY][,NAME=ADDR...][,link=FILE...]`` — plus ``args``,
+``runs``, ``seed``, ``cflags``, ``compare`` (``abi``/``all``/comma-separated
+registers), ``profile``.
+
+Findings come back as :class:`framevet.report.findings.Finding` so the
+common renderers (text/JSON/SARIF/HTML) apply; a trace (diff, faults) is in
+``details["trace"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from typing import Any
+
+from framevet.emulate import (
+    Finding,
+    RawTarget,
+    diff,
+    parse_int,
+    parse_symbols,
+    parse_target,
+    run_abi,
+    run_raw,
+)
+from framevet.errors import InputError
+from framevet.load import LoadedObject, load_path
+from framevet.load.inputs import read_file
+
+
+def to_report(f: Finding) -> Any:
+    """This package's :class:`Finding` as a :class:`framevet.report.findings.Finding`."""
+    from framevet.report.findings import Finding as ReportFinding
+    from framevet.report.findings import Location
+
+    loc = None
+    if f.section or f.address is not None:
+        sec_off = f.section_offset if f.section_offset is not None else f.offset
+        loc = Location(f.section or "", sec_off, f.symbol or None, f.offset,
+                       f.address if f.address is not None else 0)
+    details: dict[str, Any] = {}
+    if f.trace:
+        details["trace"] = list(f.trace)
+    return ReportFinding(f.file, f.rule, f.message, f.severity, loc, f.source, details)
+
+
+def _cflags(args: argparse.Namespace) -> list[str]:
+    return str(getattr(args, "cflags", "") or "").split()
+
+
+def read_sidecar(path: str | None, near: str | None) -> tuple[dict[str, list[str]],
+                                                              dict[str, int]]:
+    """``clobbers`` and ``stack_args`` per function from a design §6 TOML sidecar."""
+    if path is None and near:
+        cand = os.path.join(os.path.dirname(os.path.abspath(near)), "framevet.toml")
+        path = cand if os.path.isfile(cand) else None
+    if path is None:
+        return {}, {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(path, f"cannot read hints: {exc}") from None
+    clobbers: dict[str, list[str]] = {}
+    stack: dict[str, int] = {}
+    for name, spec in data.items():
+        if not isinstance(spec, dict) or name == "framevet":
+            continue
+        if "clobbers" in spec:
+            clobbers[name] = [str(r) for r in spec["clobbers"]]
+        if "stack_args" in spec:
+            stack[name] = int(spec["stack_args"])
+    return clobbers, stack
+
+
+def _profile(args: argparse.Namespace, default: str) -> str:
+    p = getattr(args, "profile", None)
+    return p if p in ("user", "kernel") else default
+
+
+def run_abi_command(args: argparse.Namespace) -> list[Any]:
+    """``framevet abi``: findings for the CLI renderers."""
+    file = getattr(args, "file", None)
+    runs, seed = int(getattr(args, "runs", 16)), int(getattr(args, "seed", 0))
+    unwind = not getattr(args, "no_unwind", False)
+    clobbers, stack = read_sidecar(getattr(args, "hints", None), file or getattr(args, "raw",
+                                                                                 None))
+    raw = getattr(args, "raw", None)
+    if raw:
+        link_with: list[LoadedObject] = load_path(file, _cflags(args)) if file else []
+        found = run_raw(read_file(raw), parse_int(str(getattr(args, "base", "0")), "--base"),
+                        parse_int(str(getattr(args, "entry", "0")), "--entry"),
+                        symbols=parse_symbols(getattr(args, "symbol", []) or []),
+                        max_size=getattr(args, "max_size", None), args_spec=args.args,
+                        runs=runs, seed=seed, unwind=unwind, link_with=link_with, path=raw,
+                        profile=_profile(args, "kernel"), clobbers=clobbers)
+    else:
+        if not file:
+            raise InputError("abi", "give FILE --function NAME, or --raw STUB.bin --base ADDR")
+        function = getattr(args, "function", None)
+        if not function:
+            raise InputError(file, "--function NAME is required")
+        objs = load_path(file, _cflags(args))
+        found = run_abi(objs, function, args.args, runs=runs, seed=seed, unwind=unwind,
+                        profile=_profile(args, "kernel" if file.endswith(".ko") else "user"),
+                        clobbers=clobbers, stack_args=stack.get(function, 0))
+    return [to_report(f) for f in found]
+
+
+def parse_side(text: str, cflags: list[str]) -> Any:
+    """A diff side: ``FILE:FUNCTION`` or ``raw:STUB.bin@BASE[+ENTRY][,NAME=ADDR][,link=FILE]``."""
+    if not text.startswith("raw:"):
+        return parse_target(text, cflags)
+    head, *extras = text[4:].split(",")
+    path, at, where = head.rpartition("@")
+    if not at or not path:
+        raise InputError(text, "expected raw:STUB.bin@BASE[+ENTRY][,NAME=ADDR...][,link=FILE]")
+    base_s, plus, entry_s = where.partition("+")
+    symbols: list[str] = []
+    link_with: list[LoadedObject] = []
+    for e in extras:
+        if e.startswith("link="):
+            link_with += load_path(e[5:], cflags)
+        else:
+            symbols.append(e)
+    return RawTarget(path, parse_int(base_s, "--base"),
+                     parse_int(entry_s, "--entry") if plus else 0, parse_symbols(symbols),
+                     link_with=link_with)
+
+
+def run_diff_command(args: argparse.Namespace) -> list[Any]:
+    """``framevet diff``: findings for the CLI renderers."""
+    cflags = _cflags(args)
+    a, b = parse_side(args.a, cflags), parse_side(args.b, cflags)
+    compare = str(getattr(args, "compare", None) or "abi")
+    comp: str | list[str] = compare if compare in ("abi", "all") else compare.split(",")
+    both_raw = isinstance(a, RawTarget) and isinstance(b, RawTarget)
+    found = diff(a, b, runs=int(getattr(args, "runs", 16)), seed=int(getattr(args, "seed", 0)),
+                 args_spec=getattr(args, "args", None), compare=comp, cflags=cflags,
+                 profile=_profile(args, "kernel" if both_raw else "user"))
+    return [to_report(f) for f in found]
