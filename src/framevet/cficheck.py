@@ -1,0 +1,655 @@
+"""DWARF CFI against the code: ``framevet cfi``.
+
+    check_cfi(obj: framevet.load.LoadedObject, table: CfaTable | None = None,
+              ) -> list[CfiFinding]
+
+``CfiFinding`` is a :class:`framevet.report.findings.Finding` (file, rule,
+severity, message, location -> section / symbol / offset, source) with a
+``fix`` field; ``details`` carries ``fix``, ``cfi``, ``code`` and ``insns`` too,
+so they survive :func:`dataclasses.asdict`.  Findings:
+
+``cfi-mismatch`` (error)
+    At some instruction the CFI's CFA rule or a saved-register rule (rbx, rbp,
+    r12-r15, return address) differs from framevet's analysis (profile
+    ``user``, :func:`framevet.cfatable.cfa_table`).  One finding per
+    disagreeing range, at its first instruction: what the CFI says, what the
+    code does, and the instruction that explains it.  For assembly sources
+    (``.S``) ``fix`` holds the ``.cfi_*`` directives that make the CFI right
+    there (to be placed before that instruction).
+``cfi-missing`` (warning)
+    A function no FDE covers (or only partly), an FDE that covers no function,
+    unreadable CFI.
+
+Not compared (framevet cannot know better, or it makes no difference):
+instructions framevet never reached or whose CFA it lost; CFA expressions other
+than ``*(reg+off)``; registers the CFI keeps in another register or computes
+with an expression framevet does not model; a CFI that still names a register's
+save slot after the epilogue restored it (the slot still holds the value: GCC
+never emits ``.cfi_restore`` there); frames whose return address is
+``undefined`` (outermost frames: thread and context starts).  A CFA rule on a
+register framevet knows holds ``CFA - k`` (``mov %rsp, %rbx``) is the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import iced_x86
+
+from framevet import decode as d
+from framevet.cfatable import (
+    CFA_DEREF,
+    CFA_EXPR,
+    CFA_REG,
+    CFA_UNDEFINED,
+    CfaRule,
+    CfaTable,
+    cfa_table,
+    reg_name,
+)
+from framevet.dwarf import FdeTable, read_cfi
+from framevet.load.elf import STT_FUNC
+from framevet.load.inputs import LoadedObject
+from framevet.report.findings import Finding, Location, SymbolIndex
+from framevet.state import CFA, NREGS
+
+MISMATCH, MISSING = "cfi-mismatch", "cfi-missing"
+
+#: registers whose rules are compared (DWARF numbers): rbx, rbp, r12-r15, return address
+CHECKED_REGS = (3, 6, 12, 13, 14, 15, 16)
+RA = 16
+_PADDING = (d.NOP, d.TRAP)
+#: DWARF register number -> hardware register number (framevet's state layout)
+_DWARF_TO_HW = {0: d.AX, 1: d.DX, 2: d.CX, 3: d.BX, 4: d.SI, 5: d.DI, 6: d.BP, 7: d.SP,
+                **{r: r for r in range(8, 16)}}
+_VALS0 = 9 + 2 * NREGS       # where VALS starts in an interned state tuple
+_REG_BY_NAME = {name: hw for name, hw in
+                (("rax", d.AX), ("rdx", d.DX), ("rcx", d.CX), ("rbx", d.BX), ("rsi", d.SI),
+                 ("rdi", d.DI), ("rbp", d.BP), ("rsp", d.SP),
+                 *((f"r{i}", i) for i in range(8, 16)))}
+
+
+@dataclass(slots=True)
+class CfiFinding(Finding):
+    """A :class:`Finding` with the ``.cfi_*`` directives that would fix it."""
+
+    fix: list[str] = field(default_factory=list)
+
+    @property
+    def section(self) -> str | None:
+        return self.location.section if self.location else None
+
+    @property
+    def symbol(self) -> str | None:
+        return self.location.symbol if self.location else None
+
+    @property
+    def offset(self) -> int | None:
+        """Offset in the symbol (in the section when there is no symbol)."""
+        loc = self.location
+        if loc is None:
+            return None
+        return loc.symbol_offset if loc.symbol is not None else loc.offset
+
+    def text(self) -> str:
+        out = Finding.text(self)
+        if self.fix:
+            at = f"{self.source[0]}:{self.source[1]}" if self.source else "here"
+            out += f"\n    fix, before {at}:"
+            out += "".join(f"\n        {line}" for line in self.fix)
+            end = self.details.get("fix_end")
+            if end:
+                out += f"\n    and before {self.details.get('fix_end_at')}:"
+                out += "".join(f"\n        {line}" for line in end)
+        return out
+
+
+def check_cfi(obj: LoadedObject, table: CfaTable | None = None) -> list[CfiFinding]:
+    """Compare ``obj``'s ``.eh_frame``/``.debug_frame`` with framevet's analysis."""
+    return _Checker(obj, table or cfa_table(obj.elf, "user")).run()
+
+
+# ---------------------------------------------------------------------------
+
+class _Checker:
+    def __init__(self, obj: LoadedObject, table: CfaTable) -> None:
+        self.obj = obj
+        self.elf = obj.elf
+        self.table = table
+        self.prog = table.prog
+        self.syms = SymbolIndex(obj.elf)
+        self.out: list[CfiFinding] = []
+        self.fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.GAS)
+        self._place_cache: dict[int, dict[int, tuple[frozenset[int], ...]]] = {}
+        self._slots: dict[int, set[tuple[int, int]]] = {}
+        self._reg_cache: dict[int, dict[int, str]] = {}
+        self._keep: list[CfaRule] = []
+        self._sources: dict[int, list[int]] | None = None
+
+    # -- findings --------------------------------------------------------------
+    def _where(self, sec: int, off: int) -> tuple[Location, tuple[str, int] | None]:
+        loc = self.syms.locate(sec, off)
+        return loc, self.obj.source_of(self.elf.sections[sec].name, off)
+
+    def _add(self, rule: str, severity: str, sec: int, off: int, message: str,
+             fix: list[str] | None = None, **details: object) -> None:
+        loc, src = self._where(sec, off)
+        det = dict(details)
+        if fix:
+            det["fix"] = list(fix)
+        self.out.append(CfiFinding(self.obj.display, rule, message, severity, loc, src, det,
+                                   list(fix or [])))
+
+    # -- driver ------------------------------------------------------------------
+    def run(self) -> list[CfiFinding]:
+        info = read_cfi(self.elf)
+        for err in info.errors:
+            self.out.append(CfiFinding(self.obj.display, MISSING,
+                                       f"can't read the CFI: {err}", "warning"))
+        fdes = _pick(info.fdes)
+        self._missing(fdes)
+        for fde in fdes:
+            if fde.section in self.prog.secmap:
+                self._compare(fde)
+        self.out.sort(key=lambda f: (f.location.section if f.location else "",
+                                     f.location.offset if f.location else -1))
+        return self.out
+
+    # -- cfi-missing ---------------------------------------------------------------
+    def _missing(self, fdes: list[FdeTable]) -> None:
+        prog = self.prog
+        by_sec: dict[int, list[FdeTable]] = {}
+        for f in fdes:
+            by_sec.setdefault(f.section, []).append(f)
+        has_symtab = any(s.type == 2 for s in self.elf.sections)   # SHT_SYMTAB
+        for fde in fdes:
+            if fde.section < 0 or fde.section not in prog.secmap:
+                where = (f"{fde.section_name}+0x{fde.start:x}" if fde.section >= 0
+                         else "an address in no code section")
+                self.out.append(CfiFinding(
+                    self.obj.display, MISSING,
+                    f"FDE at {fde.frame_section}+0x{fde.fde_offset:x} covers {where}: "
+                    f"no code there", "warning"))
+                continue
+            if prog.gid(fde.section, fde.start) < 0 and fde.end > fde.start \
+                    and not self._in_padding(fde.section, fde.start):
+                self._add(MISSING, "warning", fde.section, fde.start,
+                          f"FDE at {fde.frame_section}+0x{fde.fde_offset:x} starts inside "
+                          f"an instruction")
+            if has_symtab and not any(f.sec == fde.section and f.start < fde.end
+                                      and fde.start < max(f.end, f.start + 1)
+                                      for f in prog.functions):
+                self._add(MISSING, "warning", fde.section, fde.start,
+                          f"FDE at {fde.frame_section}+0x{fde.fde_offset:x} covers "
+                          f"{fde.section_name}+0x{fde.start:x}..0x{fde.end:x}, which holds "
+                          f"no function")
+        for fn in prog.functions:
+            if not fn.canonical or fn.sym.type != STT_FUNC:
+                continue
+            insns = [g for g in _range(prog, fn.sec, fn.start, fn.end)
+                     if prog.kind[g] not in _PADDING]
+            if not insns:
+                continue
+            cover = _merge([(x.start, x.end) for x in by_sec.get(fn.sec, [])])
+            starts = [a for a, _ in cover]
+            uncovered = [g for g in insns if not _covered(cover, starts, prog.off[g])]
+            if not uncovered:
+                continue
+            if len(uncovered) == len(insns):
+                self._add(MISSING, "warning", fn.sec, fn.start,
+                          f"{fn.name}() has no CFI: no FDE in .eh_frame or .debug_frame "
+                          f"covers it, so nothing can unwind through it")
+            else:
+                g = uncovered[0]
+                self._add(MISSING, "warning", fn.sec, prog.off[g],
+                          f"{len(uncovered)} instructions of {fn.name}() are outside its FDE")
+
+    def _in_padding(self, sec: int, off: int) -> bool:
+        """``off`` is inside a padding nop (glibc starts ``__restore_rt``'s FDE one byte
+        early, so that unwinders looking up pc-1 find it)."""
+        prog = self.prog
+        ds = prog.secmap[sec]
+        from bisect import bisect_right
+
+        i = bisect_right(ds.off, off) - 1
+        return i >= 0 and prog.kind[prog.base[sec] + i] in _PADDING
+
+    # -- cfi-mismatch ---------------------------------------------------------------
+    def _compare(self, fde: FdeTable) -> None:
+        prog, table = self.prog, self.table
+        cfi = table.result.cfi
+        run: tuple[str, str] | None = None
+        pending: tuple[int, CfaRule, CfaRule, list[str]] | None = None
+        count = 0
+        last: CfiFinding | None = None
+        touched: list[str] = []          # what the previous range's fix changed
+        rows = fde.rows
+        ri = 0
+        for g in _range(prog, fde.section, fde.start, fde.end):
+            c = cfi[g]
+            key: tuple[str, str] | None = None
+            o = prog.off[g]
+            while ri + 1 < len(rows) and rows[ri + 1][0] <= o:
+                ri += 1
+            want = rows[ri][1]
+            diffs: list[str] = []
+            got = want
+            if c is not None:
+                diffs, got = self._diff(g, c, want, table.rule_at_gid(g))
+                if diffs:
+                    key = (want.text(), got.text())
+            if key != run:
+                if pending is not None:
+                    last = self._report(fde, *pending, count, touched)
+                    touched = list(pending[3])
+                    pending = None
+                if key is None and touched and last is not None:
+                    # the range ends: put back what its fix changed, as the CFI has it here
+                    last.details["fix_end"] = _reset(want, touched)
+                    last.details["fix_end_at"] = self._place(g)
+                    touched = []
+                run = key
+                count = 0
+                if key is not None:
+                    pending = (g, want, got, diffs)
+            if key is not None:
+                count += 1
+        if pending is not None:
+            self._report(fde, *pending, count, touched)
+
+    def _place(self, g: int) -> str:
+        """``file:line`` of instruction ``g`` (``symbol+0xoff`` without a line table)."""
+        prog = self.prog
+        src = self.obj.source_of(prog.section_name(prog.sec_of[g]), prog.off[g])
+        return f"{src[0]}:{src[1]}" if src else self._name(g)
+
+    def _diff(self, g: int, c: tuple[int, ...], want: CfaRule, got: CfaRule,
+              ) -> tuple[list[str], CfaRule]:
+        """What differs at ``g`` (empty: they agree or cannot be compared), and the
+        code's rule with the register rules the dataflow found (framevet's own table
+        knows only stack saves; a register may live in another register)."""
+        if got.kind == CFA_UNDEFINED:
+            return [], got
+        wregs, gregs = self._regs(want), self._regs(got)
+        if wregs.get(RA) == "undefined":
+            return [], got                         # outermost frame: CFA is moot
+        out: list[str] = []
+        if want.kind != CFA_EXPR and not want.same_cfa(got) and \
+                not self._equivalent(g, c, want, got):
+            out.append("cfa")
+        if wregs == gregs:
+            return out, got
+        code: dict[int, str | None] = {}
+        for r in CHECKED_REGS:
+            w, h = wregs.get(r), gregs.get(r)
+            if w == h:
+                continue
+            if r == RA:
+                if w not in _REG_BY_NAME:         # ra in a register (vfork): not modelled
+                    out.append(reg_name(r))
+                continue
+            if self._benign(g, r, w, h):
+                continue
+            ok = self._holds(g, c, r, w)
+            if ok is False or (ok is None and w is not None and w.startswith("at(")):
+                out.append(reg_name(r))
+                if ok is False:
+                    code[r] = self._code_rule(g, r, h)
+        if not code:
+            return out, got
+        saved = dict(got.saved)
+        other = dict(got.other)
+        for r, t in code.items():
+            saved.pop(r, None)
+            other.pop(r, None)
+            if t is not None and t.startswith("cfa"):
+                saved[r] = int(t[3:])
+            elif t is not None:
+                other[r] = t
+        return out, CfaRule(got.kind, got.reg, got.off, tuple(sorted(saved.items())),
+                            tuple(sorted(other.items())), got.expr)
+
+    def _code_rule(self, g: int, r: int, h: str | None) -> str | None:
+        """Where the caller's ``r`` is at ``g`` as a rule: framevet's slot, the register
+        itself (None), another slot, another register, or ``"lost"``."""
+        from framevet import regflow
+
+        places = self._places(self.prog.func[g]).get(g)
+        if places is None:
+            return h
+        hw = _DWARF_TO_HW[r]
+        here = places[regflow.TRACKED.index(hw)]
+        if h is not None and h.startswith("cfa") and regflow._slot(int(h[3:])) in here:
+            return h
+        if hw in here:
+            return None
+        slots = sorted(k - regflow.SLOT for k in here
+                       if abs(k - regflow.SLOT) < regflow.FRAME // 2)
+        if slots:
+            return f"cfa{slots[-1]:+d}"
+        regs = sorted(x for x in here if 0 <= x < 16)
+        if regs:
+            return reg_name(next(dw for dw, hwr in _DWARF_TO_HW.items() if hwr == regs[0]))
+        return "lost"
+
+    def _regs(self, rule: CfaRule) -> dict[int, str]:
+        got = self._reg_cache.get(id(rule))
+        if got is None:
+            got = self._reg_cache[id(rule)] = dict(rule.reg_rules())
+            self._keep.append(rule)
+        return got
+
+    def _benign(self, g: int, r: int, w: str | None, h: str | None) -> bool:
+        """The two common differences that are not errors, recognised without the
+        register dataflow: GCC's save slot still named after the epilogue restored the
+        register (the slot still holds it), and GCC's deferred ``.cfi_offset`` in a
+        frame-pointer prologue (the register is not written before the note)."""
+        prog = self.prog
+        fi = prog.func[g]
+        if fi < 0:
+            return False
+        if h is None and w is not None and w.startswith("cfa"):
+            return (r, int(w[3:])) in self._save_slots(fi)
+        if w is None and h is not None and h.startswith("cfa"):
+            start = prog.gid(prog.functions[fi].sec, prog.functions[fi].start)
+            if start < 0 or not start <= g < start + 64:
+                return False
+            bit = 1 << _DWARF_TO_HW[r]
+            targets = self._jump_sources()
+            for p in range(start, g):
+                if prog.cs_writes.get(p, 0) & bit or (p > start and p in targets) \
+                        or prog.kind[p] not in (d.OTHER, d.NOP):
+                    return False
+            return g not in targets
+        return False
+
+    def _save_slots(self, fi: int) -> set[tuple[int, int]]:
+        """(DWARF register, CFA offset) of every slot the function saves a register in."""
+        parent = self.prog.functions[fi].parent
+        s = self._slots.get(parent)
+        if s is None:
+            s = set()
+            cfi = self.table.result.cfi
+            for g in self.prog.func_insns(parent):
+                if cfi[g] is not None:
+                    s.update(self.table.rule_at_gid(g).saved)
+            self._slots[parent] = s
+        return s
+
+    def _holds(self, g: int, c: tuple[int, ...], r: int, rule: str | None) -> bool | None:
+        """Does the CFI's ``rule`` for callee-saved ``r`` find the caller's value at
+        ``g``?  Decided by the register dataflow (:mod:`framevet.regflow`: the places
+        that certainly hold the caller's value); None when it cannot tell."""
+        from framevet import regflow
+
+        places = self._places(self.prog.func[g]).get(g)
+        if places is None or (rule is not None and rule.startswith(("at(", "exp", "v"))) \
+                or rule == "undefined":
+            return None
+        hw = _DWARF_TO_HW[r]
+        here = places[regflow.TRACKED.index(hw)]
+        if rule is None:
+            return hw in here                     # "same value"
+        if rule.startswith("cfa"):
+            if c[3]:                               # DRAP frame: slots are rbp-relative
+                return None
+            return regflow._slot(int(rule[3:])) in here
+        other = _REG_BY_NAME.get(rule)
+        return None if other is None else other in here
+
+    def _places(self, fi: int) -> dict[int, tuple[frozenset[int], ...]]:
+        """Per instruction of ``fi``'s family: where each callee-saved register's caller
+        value certainly is (regflow's must-analysis, from the function's entry)."""
+        if fi < 0:
+            return {}
+        parent = self.prog.functions[fi].parent
+        got = self._place_cache.get(parent)
+        if got is not None:
+            return got
+        from framevet import regflow
+
+        prog, cfi = self.prog, self.table.result.cfi
+        gids = [g for g in prog.func_insns(parent) if cfi[g] is not None]
+        state_in: dict[int, tuple[frozenset[int], ...]] = {}
+        start = prog.gid(prog.functions[parent].sec, prog.functions[parent].start)
+        if gids and start in set(gids):
+            eff = regflow.effects(prog, gids)
+            member = set(gids)
+            state_in[start] = tuple(frozenset({r}) for r in regflow.TRACKED)
+            work = [start]
+            while work:
+                g = work.pop()
+                if prog.kind[g] == d.RETURN:
+                    continue
+                nst = regflow._apply(state_in[g], eff.get(g), cfi[g], prog, g)
+                for s in regflow._successors(prog, g):
+                    if s not in member:
+                        continue
+                    old = state_in.get(s)
+                    new = nst if old is None else tuple(
+                        a & b for a, b in zip(old, nst, strict=True))
+                    if old != new:
+                        state_in[s] = new
+                        work.append(s)
+        self._place_cache[parent] = state_in
+        return state_in
+
+    def _equivalent(self, g: int, c: tuple[int, ...], want: CfaRule, got: CfaRule) -> bool:
+        """Two spellings of one CFA: ``want`` is ``reg + off`` and framevet knows ``reg``
+        holds ``CFA - off`` (``mov %rsp, %rbx``); or framevet moved the CFA to rbp at
+        ``mov %rsp, %rbp`` and the CFI moves it one instruction later (rsp == rbp)."""
+        if want.kind != CFA_REG:
+            return False
+        hw = _DWARF_TO_HW.get(want.reg)
+        if hw is None:
+            return False
+        if c[_VALS0 + 2 * hw] == CFA and c[_VALS0 + 2 * hw + 1] + want.off == 0:
+            return True
+        prog = self.prog
+        p = g - 1
+        return (hw == d.SP and got.kind == CFA_REG and _DWARF_TO_HW.get(got.reg) == d.BP
+                and got.off == want.off and p >= 0 and prog.sec_of[p] == prog.sec_of[g]
+                and prog.ops[p] == ((d.D_REG, d.BP, 0, d.S_REG, d.SP, 0),))
+
+    def _report(self, fde: FdeTable, g: int, want: CfaRule, got: CfaRule, diffs: list[str],
+                count: int, touched: list[str]) -> CfiFinding:
+        prog = self.prog
+        off = prog.off[g]
+        wregs, gregs = self._regs(want), self._regs(got)
+        said, has = [], []
+        if "cfa" in diffs:
+            said.append(f"cfa={want.cfa_text()}")
+            has.append(f"cfa={got.cfa_text()}")
+        for r in CHECKED_REGS:
+            if reg_name(r) in diffs:
+                said.append(f"{reg_name(r)}={wregs.get(r, 'same')}")
+                has.append(f"{reg_name(r)}={gregs.get(r, 'same')}")
+        why = self._explain(g)
+        inferred = " (state inferred: reached only through a computed jump)" \
+            if g in self.table.inferred else ""
+        n = f" for {count} instruction{'s' if count != 1 else ''}"
+        msg = (f"CFI says {' '.join(said)} but the code has {' '.join(has)}{n}"
+               f"{': ' + why if why else ''}{inferred}")
+        fix: list[str] = []
+        if self.obj.lines:
+            fix = _directives(want, got, diffs) + \
+                _reset(want, [t for t in touched if t not in diffs])
+        self._add(MISMATCH, "error", fde.section, off, msg, fix,
+                  cfi=want.text(), code=got.text(), insns=count,
+                  fde=f"{fde.frame_section}+0x{fde.fde_offset:x}")
+        return self.out[-1]
+
+    # -- explanations -------------------------------------------------------------
+    def _disasm(self, g: int) -> str:
+        prog = self.prog
+        sec = self.elf.sections[prog.sec_of[g]]
+        o = prog.off[g]
+        ins = iced_x86.Decoder(64, sec.data[o:o + prog.length[g]], ip=sec.addr + o).decode()
+        return str(self.fmt.format(ins))
+
+    def _name(self, g: int) -> str:
+        return self.syms.locate(self.prog.sec_of[g], self.prog.off[g]).text()
+
+    def _explain(self, g: int) -> str:
+        prog, table = self.prog, self.table
+        p = g - 1
+        falls = (p >= 0 and prog.sec_of[p] == prog.sec_of[g]
+                 and table.result.cfi[p] is not None
+                 and prog.kind[p] not in (d.RETURN, d.JUMP_UNCOND, d.JUMP_DYNAMIC)
+                 and not prog.dead_end[p])
+        cur = table.rule_at_gid(g)
+        if falls:
+            before = table.rule_at_gid(p)
+            if before != cur:
+                what = ("moves the CFA from " + before.cfa_text() + " to " + cur.cfa_text()
+                        if not before.same_cfa(cur) else "changes the saved registers")
+                return f"`{self._disasm(p)}` at {self._name(p)} {what}"
+            return (f"the CFI changes here, but `{self._disasm(p)}` at {self._name(p)} "
+                    f"does not change the stack")
+        src = self._jump_sources().get(g, [])
+        if src:
+            s = src[0]
+            return f"reached from `{self._disasm(s)}` at {self._name(s)}"
+        return ""
+
+    def _jump_sources(self) -> dict[int, list[int]]:
+        if self._sources is None:
+            prog = self.prog
+            m: dict[int, list[int]] = {}
+            for g, jd in enumerate(prog.jump_dest):
+                if jd >= 0:
+                    m.setdefault(jd, []).append(g)
+            for g, alts in prog.alts.items():
+                for ag, _ in alts:
+                    if ag >= 0:
+                        m.setdefault(ag, []).append(g)
+            self._sources = m
+        return self._sources
+
+
+def _covered(cover: list[tuple[int, int]], starts: list[int], off: int) -> bool:
+    """``off`` lies in one of the merged, sorted intervals ``cover``."""
+    from bisect import bisect_right
+
+    i = bisect_right(starts, off) - 1
+    return i >= 0 and cover[i][0] <= off < cover[i][1]
+
+
+def _merge(iv: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _pick(fdes: list[FdeTable]) -> list[FdeTable]:
+    """``.eh_frame`` FDEs, and ``.debug_frame`` ones for code ``.eh_frame`` leaves out."""
+    eh = [f for f in fdes if f.frame_section == ".eh_frame"]
+    seen = {(f.section, f.start) for f in eh}
+    return eh + [f for f in fdes if f.frame_section != ".eh_frame"
+                 and (f.section, f.start) not in seen]
+
+
+def _range(prog: object, sec: int, start: int, end: int) -> list[int]:
+    """gids of the instructions of section ``sec`` that start in [start, end)."""
+    from bisect import bisect_left
+
+    from framevet.cfg import Program
+
+    assert isinstance(prog, Program)
+    ds = prog.secmap.get(sec)
+    if ds is None:
+        return []
+    i = bisect_left(ds.off, start)
+    j = bisect_left(ds.off, end)
+    base = prog.base[sec]
+    return list(range(base + i, base + j))
+
+
+# ---------------------------------------------------------------------------
+# the fix: .cfi_* directives taking the CFI from ``want`` to ``got``
+# ---------------------------------------------------------------------------
+
+def _gas_reg(r: int) -> str:
+    return "%rip" if r == RA else f"%{reg_name(r)}"
+
+
+def _sleb(v: int) -> list[int]:
+    out = []
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if (v == 0 and not b & 0x40) or (v == -1 and b & 0x40):
+            out.append(b)
+            return out
+        out.append(b | 0x80)
+
+
+def _escape(bytes_: list[int]) -> str:
+    return ".cfi_escape " + ",".join(f"0x{b:x}" for b in bytes_)
+
+
+def _reg_directive(r: int, rule: CfaRule) -> str:
+    """The directive that gives register ``r`` its rule in ``rule`` (absolute)."""
+    saved = dict(rule.saved)
+    other = dict(rule.other)
+    if r in saved:
+        return f".cfi_offset {_gas_reg(r)}, {saved[r]}"
+    t = other.get(r)
+    if t is None:
+        return f".cfi_restore {_gas_reg(r)}"
+    if t == "undefined":
+        return f".cfi_undefined {_gas_reg(r)}"
+    if t in _REG_BY_NAME:
+        return f".cfi_register {_gas_reg(r)}, %{t}"
+    if t.startswith("at("):
+        inner = t[3:-1]
+        base = next(i for i in range(16) if inner.startswith(reg_name(i))
+                    and inner[len(reg_name(i))] in "+-")
+        off = int(inner[len(reg_name(base)):])
+        expr = [0x70 + base] + _sleb(off)
+        return _escape([0x10, r, len(expr)] + expr) + \
+            f"  # DW_CFA_expression: {reg_name(r)} at ({reg_name(base)}{off:+d})"
+    return f"# {reg_name(r)}: {t} (no directive for this rule)"
+
+
+def _cfa_directive(rule: CfaRule) -> str:
+    if rule.kind == CFA_REG:
+        return f".cfi_def_cfa {_gas_reg(rule.reg)}, {rule.off}"
+    if rule.kind == CFA_DEREF:
+        expr = [0x70 + rule.reg] + _sleb(rule.off) + [0x06]
+        return _escape([0x0F, len(expr)] + expr) + \
+            f"  # DW_CFA_def_cfa_expression: *({reg_name(rule.reg)}{rule.off:+d})"
+    return f"# cfa: {rule.cfa_text()} (no directive for this rule)"
+
+
+def _reset(want: CfaRule, what: list[str]) -> list[str]:
+    """Directives that put the components ``what`` ("cfa", register names) back to
+    what the CFI has at this point (absolute forms)."""
+    out = []
+    if "cfa" in what:
+        out.append(_cfa_directive(want))
+    for r in CHECKED_REGS:
+        if reg_name(r) in what:
+            out.append(_reg_directive(r, want))
+    return out
+
+
+def _directives(want: CfaRule, got: CfaRule, diffs: list[str]) -> list[str]:
+    """Directives that take the CFI from ``want`` to ``got`` for the components in
+    ``diffs``, in GCC's forms where they are enough."""
+    out: list[str] = []
+    if "cfa" in diffs:
+        if got.kind == CFA_REG and want.kind == CFA_REG and want.reg == got.reg:
+            out.append(f".cfi_def_cfa_offset {got.off}")
+        elif got.kind == CFA_REG and want.kind == CFA_REG and want.off == got.off:
+            out.append(f".cfi_def_cfa_register {_gas_reg(got.reg)}")
+        else:
+            out.append(_cfa_directive(got))
+    for r in CHECKED_REGS:
+        if reg_name(r) in diffs:
+            out.append(_reg_directive(r, got))
+    return out
