@@ -40,6 +40,7 @@ def test_clean_functions_have_no_findings(cases: list[LoadedObject], function: s
     ("leave_df", "abi-violation", "error", "direction flag set"),
     ("call_df", "abi-violation", "error", "calls ext_fn with the direction flag set"),
     ("mmx_no_emms", "abi-violation", "error", "MMX/x87 state in use"),
+    ("mxcsr_round", "abi-violation", "error", "MXCSR 0x1f80 -> 0x7f80"),
     ("unbalanced", "abi-violation", "error", "ret does not return to its caller"),
     ("below_red_zone", "abi-violation", "warning", "below the 128-byte red zone"),
     ("overread", "abi-violation", "error", "just past the end of argument 1's 64-byte buffer"),

@@ -20,7 +20,7 @@ from framevet.emulate.findings import (
     finding_at,
 )
 from framevet.emulate.image import Image
-from framevet.emulate.machine import Machine, RunResult
+from framevet.emulate.machine import FPCW_INIT, MXCSR_INIT, Machine, RunResult
 from framevet.emulate.spec import (
     ARG_REGS,
     CALLEE_SAVED,
@@ -177,6 +177,11 @@ class AbiJudge:
             pc = res.df_writer or last
             self.add(run, f"df@{pc:x}", pc, "returns with the direction flag set (set here, "
                      "never cleared)")
+        if (res.mxcsr ^ MXCSR_INIT) & 0xFFC0 or (res.fpcw ^ FPCW_INIT) & 0x1F3F:
+            pc = res.ctl_last or last
+            self.add(run, f"ctl@{pc:x}", pc, f"returns with changed floating-point control "
+                     f"bits (MXCSR 0x{MXCSR_INIT:04x} -> 0x{res.mxcsr:04x}, x87 control word "
+                     f"0x{FPCW_INIT:04x} -> 0x{res.fpcw:04x}), which the ABI makes callee-saved")
         if res.fptag != 0xFFFF:
             pc = res.mmx_last or last
             self.add(run, f"mmx@{pc:x}", pc, f"returns with MMX/x87 state in use (FPU tag word "

@@ -33,6 +33,11 @@ _EMMS = (Mnemonic.EMMS, Mnemonic.FEMMS)
 _SIMD_STATE = (Mnemonic.FXRSTOR, Mnemonic.FXRSTOR64, Mnemonic.XRSTOR, Mnemonic.XRSTOR64,
                Mnemonic.FNINIT, Mnemonic.FINIT)
 
+#: instructions that load MXCSR or the x87 control word (callee-saved control bits)
+_CONTROL = (Mnemonic.LDMXCSR, Mnemonic.VLDMXCSR, Mnemonic.FLDCW, Mnemonic.FLDENV,
+            Mnemonic.FRSTOR, Mnemonic.FXRSTOR, Mnemonic.FXRSTOR64, Mnemonic.XRSTOR,
+            Mnemonic.XRSTOR64, Mnemonic.FNINIT, Mnemonic.FINIT)
+
 _formatter = Formatter(FormatterSyntax.GAS)
 _info = InstructionInfoFactory()
 
@@ -57,6 +62,7 @@ class Insn:
     valid: bool
     vex: bool                    # VEX/EVEX encoded (AVX): unicorn 2.1 cannot run most
     rep: bool                    # rep/repe/repne prefix: one hook call per iteration
+    ctl: bool                    # may load MXCSR or the x87 control word
     ins: Instruction
 
     def operand_target(self, regs: list[int], read64: object) -> int | None:
@@ -126,7 +132,7 @@ def decode(code: bytes, addr: int) -> Insn:
     return Insn(addr, ins.len if valid else 1, text, kind, target, ret_pop,
                 tuple(sorted(reads)), tuple(sorted(writes)), mmx and not emms, emms,
                 valid, vex, valid and (ins.has_rep_prefix or ins.has_repe_prefix
-                                       or ins.has_repne_prefix), ins)
+                                       or ins.has_repne_prefix), mn in _CONTROL, ins)
 
 
 def _is_vex(code: bytes) -> bool:

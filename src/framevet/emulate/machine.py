@@ -58,6 +58,7 @@ from framevet.emulate.ucregs import RegFile
 from framevet.errors import InputError
 
 TRACE_LEN = 12
+MXCSR_INIT, FPCW_INIT = 0x1F80, 0x037F
 #: external symbols that change no register: ftrace entry and the return thunks
 PRESERVING = frozenset({"__fentry__", "mcount", "__x86_return_thunk", "srso_return_thunk",
                         "srso_alias_return_thunk", "retbleed_return_thunk",
@@ -125,6 +126,9 @@ class RunResult:
     memory_addr: dict[str, int] = field(default_factory=dict)
     #: hook calls that were further iterations of a rep-prefixed string instruction
     rep_iters: int = 0
+    mxcsr: int = MXCSR_INIT
+    fpcw: int = FPCW_INIT
+    ctl_last: int = 0
 
     def text_at(self, pc: int) -> str:
         ins = self.insns.get(pc)
@@ -163,6 +167,7 @@ class Machine:
         self.last_writer = [0] * 18
         self.df_writer = 0
         self.mmx_last = 0
+        self.ctl_last = 0
         self.taint = set(taint or ())
         self.taint_hits: list[tuple[int, int, int]] = []
         self.steps = 0
@@ -221,7 +226,8 @@ class Machine:
         for i, v in enumerate(st.xmm):
             uc.reg_write(_XMM[i], v)
         uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFFF)
-        uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)
+        uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_INIT)
+        uc.reg_write(X.UC_X86_REG_FPCW, FPCW_INIT)
         uc.hook_add(UC_HOOK_CODE, self._on_code)
         uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
@@ -328,6 +334,8 @@ class Machine:
                     self.taint.discard(r)
             for r in ins.writes32:
                 self.taint.discard(r)
+        if ins.ctl:
+            self.ctl_last = addr
         if ins.mmx:
             self.mmx_last = addr
         elif ins.emms:
@@ -588,4 +596,5 @@ class Machine:
                          self.writes, self.externs, list(self.trace), self.pcs,
                          self.last_writer, self.df_writer, self.mmx_last,
                          uc.reg_read(X.UC_X86_REG_FPTAG), mem, self.taint_hits, self.insns,
-                         where, self.rep_iters)
+                         where, self.rep_iters, uc.reg_read(X.UC_X86_REG_MXCSR),
+                         uc.reg_read(X.UC_X86_REG_FPCW), self.ctl_last)
