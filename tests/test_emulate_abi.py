@@ -67,7 +67,9 @@ def test_each_violation_is_reported_at_its_instruction(
         assert f.offset == bad
     assert f.file.endswith("abi-cases.S") and f.section == ".text"
     assert f.source is not None and f.source[0].endswith("abi-cases.S")
-    assert "(in 3 of 3 runs)" in f.message
+    # runaway code stops the series after two runs that exhaust the budget
+    assert f"(in {2 if function == 'runaway' else 3} of {2 if function == 'runaway' else 3} runs)" \
+        in f.message
 
 
 def test_seed002_push_based_save_is_clean() -> None:

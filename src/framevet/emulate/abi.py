@@ -101,6 +101,9 @@ def trace_lines(image: Image, res: RunResult, pcs: list[int] | None = None,
     return out
 
 
+MAX_RUNAWAY = 2
+
+
 class AbiJudge:
     """Runs one entry point ``runs`` times and collects findings."""
 
@@ -114,6 +117,7 @@ class AbiJudge:
         self.found: dict[str, _Agg] = {}
         self.clobbers = dict(clobbers or {})
         self.stack_args = stack_args
+        self.runs_done: int | None = None
         self.checker = UnwindChecker(image, profile, stats.notes, clobbers) if unwind else None
         if self.checker is not None:
             self.checker.stats = stats.unwind
@@ -133,7 +137,16 @@ class AbiJudge:
                        clobbers_at=at, stack_args=self.stack_args, **kw)  # type: ignore[arg-type]
 
     def run_all(self, runs: int, seed: int) -> None:
+        """``runs`` runs; after :data:`MAX_RUNAWAY` runs that exhaust their budget the
+        rest are skipped (noted in ``stats.notes``): runaway code costs the whole
+        budget each time and more runs would say nothing new."""
+        runaway = 0
         for run in range(runs):
+            if runaway >= MAX_RUNAWAY:
+                self.stats.notes.append(f"stopped after {run} of {runs} runs: {runaway} "
+                                        f"runs exhausted their budget")
+                self.runs_done = run
+                return
             state = make_state(self.specs, seed, run)
             clean = state.with_clean_ints() if state.int_args else state
             if self.checker is not None:
@@ -144,6 +157,9 @@ class AbiJudge:
             self.stats.rep_iterations += res.rep_iters
             self.stats.returned += res.returned
             self.judge(run, clean, res)
+            if res.fault is not None and res.fault.kind == "runaway":
+                runaway += 1
+                continue
             if state.int_args:
                 junk = self.machine(state, False, record_pcs=True,
                                     taint=set(state.int_args)).run()
@@ -208,6 +224,7 @@ class AbiJudge:
                  trace=trace_lines(self.image, junk, prefix="junk: "))
 
     def findings(self, runs: int) -> list[Finding]:
+        runs = self.runs_done if self.runs_done is not None else runs
         out = []
         for a in self.found.values():
             msg = a.message if runs <= 1 else f"{a.message} (in {len(a.runs)} of {runs} runs)"

@@ -49,8 +49,8 @@ EXIT_ADDR = 0x7EAD_0000_0000
 class Budget:
     """Limits of one run: instructions, wall-clock seconds, bytes of memory mapped."""
 
-    insns: int = 1_000_000
-    seconds: float = 10.0
+    insns: int = 500_000
+    seconds: float = 5.0
     memory: int = 64 << 20
     stack: int = 256 << 10
 
