@@ -124,6 +124,7 @@ class _Checker:
         self._slots: dict[int, set[tuple[int, int]]] = {}
         self._reg_cache: dict[int, dict[int, str]] = {}
         self._keep: list[CfaRule] = []
+        self._current_fde: FdeTable | None = None
         self._sources: dict[int, list[int]] | None = None
 
     # -- findings --------------------------------------------------------------
@@ -216,18 +217,21 @@ class _Checker:
 
     # -- cfi-mismatch ---------------------------------------------------------------
     def _compare(self, fde: FdeTable) -> None:
+        self._current_fde = fde
         prog, table = self.prog, self.table
         cfi = table.result.cfi
-        run: tuple[str, str] | None = None
+        run: tuple[str, str, tuple[str, ...]] | None = None
         pending: tuple[int, CfaRule, CfaRule, list[str]] | None = None
         count = 0
         last: CfiFinding | None = None
         touched: list[str] = []          # what the previous range's fix changed
+        last_got = fde.rows[0][1]
+        streak: dict[str, int] = {}      # component -> where its mismatch began
         rows = fde.rows
         ri = 0
         for g in _range(prog, fde.section, fde.start, fde.end):
             c = cfi[g]
-            key: tuple[str, str] | None = None
+            key: tuple[str, str, tuple[str, ...]] | None = None
             o = prog.off[g]
             while ri + 1 < len(rows) and rows[ri + 1][0] <= o:
                 ri += 1
@@ -237,25 +241,34 @@ class _Checker:
             if c is not None:
                 diffs, got = self._diff(g, c, want, table.rule_at_gid(g))
                 if diffs:
-                    key = (want.text(), got.text())
+                    key = (want.text(), got.text(), tuple(diffs))
             if key != run:
                 if pending is not None:
-                    last = self._report(fde, *pending, count, touched)
+                    last = self._report(fde, *pending, count, touched, streak)
+                    last_got = pending[2]
                     touched = list(pending[3])
                     pending = None
                 if key is None and touched and last is not None:
                     # the range ends: put back what its fix changed, as the CFI has it here
-                    last.details["fix_end"] = _reset(want, touched)
-                    last.details["fix_end_at"] = self._place(g)
+                    back = [t for t in touched
+                            if _components(want, [t]) != _components(last_got, [t])]
+                    if back:
+                        last.details["fix_end"] = _reset(want, back)
+                        last.details["fix_end_at"] = self._place(g)
                     touched = []
                 run = key
                 count = 0
                 if key is not None:
                     pending = (g, want, got, diffs)
+            for comp in list(streak):
+                if comp not in diffs:
+                    del streak[comp]
+            for comp in diffs:
+                streak.setdefault(comp, g)
             if key is not None:
                 count += 1
         if pending is not None:
-            self._report(fde, *pending, count, touched)
+            self._report(fde, *pending, count, touched, streak)
 
     def _place(self, g: int) -> str:
         """``file:line`` of instruction ``g`` (``symbol+0xoff`` without a line table)."""
@@ -294,7 +307,7 @@ class _Checker:
             if ok is False or (ok is None and w is not None and w.startswith("at(")):
                 out.append(reg_name(r))
                 if ok is False:
-                    code[r] = self._code_rule(g, r, h)
+                    code[r] = self._code_rule(g, r, h, w)
         if not code:
             return out, got
         saved = dict(got.saved)
@@ -309,9 +322,9 @@ class _Checker:
         return out, CfaRule(got.kind, got.reg, got.off, tuple(sorted(saved.items())),
                             tuple(sorted(other.items())), got.expr)
 
-    def _code_rule(self, g: int, r: int, h: str | None) -> str | None:
-        """Where the caller's ``r`` is at ``g`` as a rule: framevet's slot, the register
-        itself (None), another slot, another register, or ``"lost"``."""
+    def _code_rule(self, g: int, r: int, h: str | None, w: str | None) -> str | None:
+        """Where the caller's ``r`` is at ``g`` as a rule (None: in ``r`` itself;
+        ``"lost"``: nowhere), preferring the kind of place the CFI names."""
         from framevet import regflow
 
         places = self._places(self.prog.func[g]).get(g)
@@ -319,17 +332,25 @@ class _Checker:
             return h
         hw = _DWARF_TO_HW[r]
         here = places[regflow.TRACKED.index(hw)]
-        if h is not None and h.startswith("cfa") and regflow._slot(int(h[3:])) in here:
-            return h
-        if hw in here:
-            return None
         slots = sorted(k - regflow.SLOT for k in here
                        if abs(k - regflow.SLOT) < regflow.FRAME // 2)
-        if slots:
-            return f"cfa{slots[-1]:+d}"
-        regs = sorted(x for x in here if 0 <= x < 16)
-        if regs:
-            return reg_name(next(dw for dw, hwr in _DWARF_TO_HW.items() if hwr == regs[0]))
+        if h is not None and h.startswith("cfa") and int(h[3:]) in slots:
+            slots = [int(h[3:])]
+        slot = f"cfa{slots[-1]:+d}" if slots else "lost"
+        regs = [reg_name(dw) for dw, x in sorted(_DWARF_TO_HW.items())
+                if x in here and x != hw]
+        order: list[str | None]
+        if w is not None and w in _REG_BY_NAME:
+            order = [*regs, None, slot]
+        elif w is not None and w.startswith("cfa"):
+            order = [slot, None, *regs]
+        else:
+            order = [None, slot, *regs]
+        for t in order:
+            if t is None and hw in here:
+                return None
+            if t is not None and t != "lost":
+                return t
         return "lost"
 
     def _regs(self, rule: CfaRule) -> dict[int, str]:
@@ -452,7 +473,7 @@ class _Checker:
                 and prog.ops[p] == ((d.D_REG, d.BP, 0, d.S_REG, d.SP, 0),))
 
     def _report(self, fde: FdeTable, g: int, want: CfaRule, got: CfaRule, diffs: list[str],
-                count: int, touched: list[str]) -> CfiFinding:
+                count: int, touched: list[str], streak: dict[str, int]) -> CfiFinding:
         prog = self.prog
         off = prog.off[g]
         wregs, gregs = self._regs(want), self._regs(got)
@@ -464,7 +485,13 @@ class _Checker:
             if reg_name(r) in diffs:
                 said.append(f"{reg_name(r)}={wregs.get(r, 'same')}")
                 has.append(f"{reg_name(r)}={gregs.get(r, 'same')}")
-        why = self._explain(g)
+        why = self._explain(g, want, got, diffs)
+        if not why:
+            since = min((streak.get(x, g) for x in diffs), default=g)
+            why = (f"as since {self._name(since)}" if since < g else
+                   f"after `{self._disasm(g - 1)}` at {self._name(g - 1)} the CFI's rule "
+                   f"no longer holds" if g > 0 and prog.sec_of[g - 1] == prog.sec_of[g]
+                   else "")
         inferred = " (state inferred: reached only through a computed jump)" \
             if g in self.table.inferred else ""
         n = f" for {count} instruction{'s' if count != 1 else ''}"
@@ -490,27 +517,63 @@ class _Checker:
     def _name(self, g: int) -> str:
         return self.syms.locate(self.prog.sec_of[g], self.prog.off[g]).text()
 
-    def _explain(self, g: int) -> str:
+    def _explain(self, g: int, want: CfaRule, got: CfaRule, diffs: list[str]) -> str:
+        """Why the range starts here: the instruction before changed the code's state,
+        or the CFI changed without it, or a jump brought another state."""
         prog, table = self.prog, self.table
         p = g - 1
         falls = (p >= 0 and prog.sec_of[p] == prog.sec_of[g]
                  and table.result.cfi[p] is not None
                  and prog.kind[p] not in (d.RETURN, d.JUMP_UNCOND, d.JUMP_DYNAMIC)
                  and not prog.dead_end[p])
-        cur = table.rule_at_gid(g)
-        if falls:
-            before = table.rule_at_gid(p)
-            if before != cur:
-                what = ("moves the CFA from " + before.cfa_text() + " to " + cur.cfa_text()
-                        if not before.same_cfa(cur) else "changes the saved registers")
-                return f"`{self._disasm(p)}` at {self._name(p)} {what}"
-            return (f"the CFI changes here, but `{self._disasm(p)}` at {self._name(p)} "
-                    f"does not change the stack")
-        src = self._jump_sources().get(g, [])
-        if src:
-            s = src[0]
-            return f"reached from `{self._disasm(s)}` at {self._name(s)}"
+        if not falls:
+            src = self._jump_sources().get(g, [])
+            return f"reached from `{self._disasm(src[0])}` at {self._name(src[0])}" \
+                if src else ""
+        cp = table.result.cfi[p]
+        assert cp is not None
+        fde_rule = self._fde_rule_at(p)
+        _, got_p = self._diff(p, cp, fde_rule, table.rule_at_gid(p)) \
+            if fde_rule is not None else ([], table.rule_at_gid(p))
+        effects = _effects(got_p, got, diffs)
+        effects += self._overwrites(p, g, diffs)
+        insn = f"`{self._disasm(p)}` at {self._name(p)}"
+        cfi_changed = fde_rule is None or _components(fde_rule, diffs) != \
+            _components(want, diffs)
+        if effects and not cfi_changed:
+            return f"{insn} {' and '.join(effects)}; the CFI does not follow"
+        if effects:
+            return f"{insn} {' and '.join(effects)}; the CFI says otherwise"
+        if cfi_changed:
+            what = "change the stack" if diffs == ["cfa"] else \
+                "touch " + ", ".join(x for x in diffs if x != "cfa") if "cfa" not in diffs \
+                else "change the stack"
+            return f"the CFI changes here, but {insn} does not {what}"
         return ""
+
+    def _overwrites(self, p: int, g: int, diffs: list[str]) -> list[str]:
+        """Registers in ``diffs`` that held the caller's value before ``p`` and not after."""
+        from framevet import regflow
+
+        places = self._places(self.prog.func[g])
+        before, after = places.get(p), places.get(g)
+        if before is None or after is None:
+            return []
+        out = []
+        for r in CHECKED_REGS:
+            if r == RA or reg_name(r) not in diffs:
+                continue
+            hw = _DWARF_TO_HW[r]
+            i = regflow.TRACKED.index(hw)
+            if hw in before[i] and hw not in after[i]:
+                out.append(f"overwrites {reg_name(r)}")
+        return out
+
+    def _fde_rule_at(self, g: int) -> CfaRule | None:
+        fde = self._current_fde
+        if fde is None or not fde.covers(self.prog.off[g]):
+            return None
+        return fde.rule_at(self.prog.off[g])
 
     def _jump_sources(self) -> dict[int, list[int]]:
         if self._sources is None:
@@ -525,6 +588,37 @@ class _Checker:
                         m.setdefault(ag, []).append(g)
             self._sources = m
         return self._sources
+
+
+def _components(rule: CfaRule, diffs: list[str]) -> tuple[str, ...]:
+    regs = dict(rule.reg_rules())
+    out = [rule.cfa_text()] if "cfa" in diffs else []
+    out += [str(regs.get(r)) for r in CHECKED_REGS if reg_name(r) in diffs]
+    return tuple(out)
+
+
+def _effects(before: CfaRule, after: CfaRule, diffs: list[str]) -> list[str]:
+    """What one instruction did to the components in ``diffs``, in words."""
+    out = []
+    if "cfa" in diffs and not before.same_cfa(after):
+        out.append(f"moves the CFA from {before.cfa_text()} to {after.cfa_text()}")
+    b, a = dict(before.reg_rules()), dict(after.reg_rules())
+    for r in CHECKED_REGS:
+        name = reg_name(r)
+        if name not in diffs or b.get(r) == a.get(r):
+            continue
+        t = a.get(r)
+        if t is None:
+            out.append(f"restores {name}")
+        elif t == "lost":
+            out.append(f"overwrites {name} (its caller's value is nowhere else)")
+        elif t.startswith("cfa"):
+            out.append(f"saves {name} at {t}")
+        elif t in _REG_BY_NAME:
+            out.append(f"copies {name} to {t}")
+        else:
+            out.append(f"changes where {name} is ({t})")
+    return out
 
 
 def _covered(cover: list[tuple[int, int]], starts: list[int], off: int) -> bool:
@@ -567,6 +661,26 @@ def _range(prog: object, sec: int, start: int, end: int) -> list[int]:
     j = bisect_left(ds.off, end)
     base = prog.base[sec]
     return list(range(base + i, base + j))
+
+
+def apply_fixes(source: str, path: str, findings: list[CfiFinding]) -> str:
+    """``source`` (the text of assembly file ``path``) with every finding's ``fix``
+    inserted before the line of its instruction, and its ``fix_end`` before the line
+    where the disagreement ends."""
+    lines = source.splitlines(keepends=True)
+    inserts: dict[int, list[str]] = {}
+    for f in findings:
+        if f.source is not None and f.source[0] == path and f.fix:
+            inserts.setdefault(f.source[1], []).extend(f.fix)
+        end, at = f.details.get("fix_end"), f.details.get("fix_end_at")
+        if end and isinstance(at, str) and at.startswith(path + ":"):
+            inserts.setdefault(int(at[len(path) + 1:]), [])[0:0] = list(end)
+    out = []
+    for i, line in enumerate(lines, 1):
+        for d_ in inserts.get(i, []):
+            out.append(f"\t{d_}\n")
+        out.append(line)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------
