@@ -431,7 +431,7 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
         sec = prog.sec_of[g]
         r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
         if r is None:
-            dest_sec, dest_off = sec, target[g]
+            dest_sec, dest_off = _direct_target(prog, sec, target[g])
             grp = prog.alt_group.get(g)
             if grp is not None and prog.groups[grp].orig >= 0:
                 ng = prog.groups[grp]
@@ -495,10 +495,10 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
         r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
         dest: Symbol | None
         if r is None:
-            key = (sec, target[g])
+            key = _direct_target(prog, sec, target[g])
             dest = func_at.get(key) or any_at.get(key)
             if dest is None:
-                _intra_function_call(prog, g, sec, target[g])
+                _intra_function_call(prog, g, *key)
                 continue
         else:
             sym = syms[r.sym]
@@ -521,6 +521,21 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
                 dest = sym
         prog.call_dest[g] = dest
         prog.ops[g] = None
+
+
+def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:
+    """A direct branch's destination.  Sections are decoded from offset 0, so in a
+    linked image a target outside the section (the PLT, another text section) is
+    found by address."""
+    section = prog.elf.sections[sec]
+    if 0 <= off < section.size or prog.elf.relocatable:
+        return sec, off
+    addr = section.addr + off
+    for ds in prog.sections:
+        other = prog.elf.sections[ds.index]
+        if other.addr <= addr < other.addr + other.size:
+            return ds.index, addr - other.addr
+    return sec, off
 
 
 def _intra_function_call(prog: Program, g: int, sec: int, dest_off: int) -> None:
