@@ -27,7 +27,7 @@ def label_offset(obj: LoadedObject, function: str, label: str) -> int:
 
 
 @pytest.mark.parametrize("function", ["ok_index", "ok_mmx_emms", "ok_indirect", "ok_fentry",
-                                      "ok_retpoline"])
+                                      "ok_retpoline", "ok_aligned"])
 def test_clean_functions_have_no_findings(cases: list[LoadedObject], function: str) -> None:
     stats = RunStats()
     assert run_abi(cases, function, ARGS, runs=4, seed=1, stats=stats) == []
@@ -41,6 +41,7 @@ def test_clean_functions_have_no_findings(cases: list[LoadedObject], function: s
     ("call_df", "abi-violation", "error", "calls ext_fn with the direction flag set"),
     ("mmx_no_emms", "abi-violation", "error", "MMX/x87 state in use"),
     ("mxcsr_round", "abi-violation", "error", "MXCSR 0x1f80 -> 0x7f80"),
+    ("misaligned", "abi-violation", "error", "needs a 16-byte aligned operand"),
     ("unbalanced", "abi-violation", "error", "ret does not return to its caller"),
     ("below_red_zone", "abi-violation", "warning", "below the 128-byte red zone"),
     ("overread", "abi-violation", "error", "just past the end of argument 1's 64-byte buffer"),

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from iced_x86 import (
     Decoder,
+    EncodingKind,
     FlowControl,
     Formatter,
     FormatterSyntax,
     Instruction,
     InstructionInfoFactory,
+    MemorySizeExt,
     Mnemonic,
     OpAccess,
     OpKind,
@@ -38,6 +40,11 @@ _CONTROL = (Mnemonic.LDMXCSR, Mnemonic.VLDMXCSR, Mnemonic.FLDCW, Mnemonic.FLDENV
             Mnemonic.FRSTOR, Mnemonic.FXRSTOR, Mnemonic.FXRSTOR64, Mnemonic.XRSTOR,
             Mnemonic.XRSTOR64, Mnemonic.FNINIT, Mnemonic.FINIT)
 
+#: legacy SSE instructions whose m128 operand may be unaligned
+_UNALIGNED_OK = (Mnemonic.MOVUPS, Mnemonic.MOVUPD, Mnemonic.MOVDQU, Mnemonic.LDDQU,
+                 Mnemonic.PCMPESTRI, Mnemonic.PCMPESTRI64, Mnemonic.PCMPESTRM,
+                 Mnemonic.PCMPISTRI, Mnemonic.PCMPISTRM, Mnemonic.MASKMOVDQU)
+
 _formatter = Formatter(FormatterSyntax.GAS)
 _info = InstructionInfoFactory()
 
@@ -63,7 +70,22 @@ class Insn:
     vex: bool                    # VEX/EVEX encoded (AVX): unicorn 2.1 cannot run most
     rep: bool                    # rep/repe/repne prefix: one hook call per iteration
     ctl: bool                    # may load MXCSR or the x87 control word
+    align16: bool                # legacy SSE m128 (or fxsave m512) operand: #GP if misaligned
     ins: Instruction
+
+    def mem_addr(self, regs: list[int]) -> int:
+        """Effective address of the memory operand (segment bases are 0)."""
+        ins = self.ins
+        if ins.is_ip_rel_memory_operand:
+            return int(ins.ip_rel_memory_address)
+        addr = ins.memory_displacement
+        if ins.memory_base != Register.NONE:
+            b = dwarf_reg(ins.memory_base)
+            addr += regs[b] if 0 <= b < 16 else 0
+        if ins.memory_index != Register.NONE:
+            x = dwarf_reg(ins.memory_index)
+            addr += (regs[x] if 0 <= x < 16 else 0) * ins.memory_index_scale
+        return int(addr) & (1 << 64) - 1
 
     def operand_target(self, regs: list[int], read64: object) -> int | None:
         """Target of an indirect call/jmp given register values; ``read64(addr)`` reads memory."""
@@ -73,17 +95,7 @@ class Insn:
             return regs[r] if 0 <= r < 16 else None
         if ins.op0_kind != OpKind.MEMORY:
             return None
-        if ins.is_ip_rel_memory_operand:
-            addr = ins.ip_rel_memory_address
-        else:
-            addr = ins.memory_displacement
-            if ins.memory_base != Register.NONE:
-                b = dwarf_reg(ins.memory_base)
-                addr += regs[b] if 0 <= b < 16 else 0
-            if ins.memory_index != Register.NONE:
-                x = dwarf_reg(ins.memory_index)
-                addr += (regs[x] if 0 <= x < 16 else 0) * ins.memory_index_scale
-        value = read64(addr & (1 << 64) - 1)  # type: ignore[operator]
+        value = read64(self.mem_addr(regs))  # type: ignore[operator]
         return value if isinstance(value, int) else None
 
 
@@ -132,7 +144,20 @@ def decode(code: bytes, addr: int) -> Insn:
     return Insn(addr, ins.len if valid else 1, text, kind, target, ret_pop,
                 tuple(sorted(reads)), tuple(sorted(writes)), mmx and not emms, emms,
                 valid, vex, valid and (ins.has_rep_prefix or ins.has_repe_prefix
-                                       or ins.has_repne_prefix), mn in _CONTROL, ins)
+                                       or ins.has_repne_prefix), mn in _CONTROL,
+                valid and _needs_align16(ins), ins)
+
+
+def _needs_align16(ins: Instruction) -> bool:
+    if ins.encoding != EncodingKind.LEGACY or ins.mnemonic in _UNALIGNED_OK:
+        return False
+    if not any(ins.op_kind(i) == OpKind.MEMORY for i in range(ins.op_count)):
+        return False
+    size = MemorySizeExt.size(ins.memory_size)
+    if size == 512:
+        return ins.mnemonic in (Mnemonic.FXSAVE, Mnemonic.FXSAVE64, Mnemonic.FXRSTOR,
+                                Mnemonic.FXRSTOR64)
+    return size == 16 and ins.mnemonic not in (Mnemonic.CMPXCHG16B,)
 
 
 def _is_vex(code: bytes) -> bool:

@@ -327,6 +327,17 @@ class Machine:
             return
         if self.observer is not None and self.frames:
             self.observer.step(self, addr, regs, self.frames[-1])
+        if ins.align16:
+            ea = ins.mem_addr(regs)
+            if ea & 15:
+                hint = ""
+                if ins.ins.memory_base in (I.Register.RSP, I.Register.RBP):
+                    hint = (f" (rsp % 16 = {regs[7] % 16} here, although it was called with an "
+                            f"aligned stack: the frame it set up breaks 16-byte alignment)")
+                self._stop(Fault("trap", addr, f"raises #GP: '{ins.text}' needs a 16-byte "
+                                 f"aligned operand, and 0x{ea:x} is not{hint}; unicorn would "
+                                 f"not fault, the CPU does"))
+                return
         if self.taint:
             for r in ins.reads64:
                 if r in self.taint:

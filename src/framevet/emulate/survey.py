@@ -77,6 +77,9 @@ LIBC: list[tuple[str, str, str]] = [
 ]
 
 
+WIDTHS = (8, 8, 7, 8, 8, 7)
+
+
 @dataclass
 class Row:
     function: str
@@ -121,22 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = survey(ns.archive, ns.runs, ns.seed, set(ns.only) if ns.only else None)
     fv, dw = "framevet's CFA table", "DWARF CFI (.eh_frame)"
     print(f"{'function':32} {'runs':>4} {'executed':>8} {'rep-iter':>8} {'unwound':>7} "
-          f"{'framevet':>8} {'dwarf':>7} findings")
-    tot = [0, 0, 0, 0, 0]
+          f"{'rep-iter':>8} {'framevet':>8} {'dwarf':>7} findings")
+    tot = [0, 0, 0, 0, 0, 0]
     bad = 0
     for r in rows:
         u = r.stats.unwind
-        cells = [r.stats.instructions, r.stats.rep_iterations, u.steps,
+        cells = [r.stats.instructions, r.stats.rep_iterations, u.steps, u.repeats,
                  u.checked.get(fv, 0), u.checked.get(dw, 0)]
         tot = [a + b for a, b in zip(tot, cells, strict=True)]
         bad += bool(r.findings)
         print(f"{r.function:32} {r.stats.runs:>4} " + " ".join(
-            f"{c:>{w}}" for c, w in zip(cells, (8, 8, 7, 8, 7), strict=True))
+            f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True))
             + f" {len(r.findings)}")
         for f in r.findings:
             print(f"    {f.text()}")
     print(f"{'total: ' + str(len(rows)) + ' functions':32} {'':>4} " + " ".join(
-        f"{c:>{w}}" for c, w in zip(tot, (8, 8, 7, 8, 7), strict=True)) + f" {bad} with findings")
+        f"{c:>{w}}" for c, w in zip(tot, WIDTHS, strict=True)) + f" {bad} with findings")
     return 1 if bad else 0
 
 

@@ -212,6 +212,8 @@ class Failure:
 @dataclass
 class UnwindStats:
     steps: int = 0                                    # instructions unwound (any table)
+    repeats: int = 0                                  # ... that repeated the previous one
+                                                      # (rep iterations, jmp-to-self)
     checked: dict[str, int] = field(default_factory=dict)   # per table
     uncovered: dict[str, int] = field(default_factory=dict)  # no row/FDE at the pc
 
@@ -246,6 +248,7 @@ class UnwindChecker:
             self.tables[id(mo)] = tabs
         self._by_pc: dict[int, list[tuple[str, Rule | None]]] = {}
         self._skip: dict[int, frozenset[int]] = {}
+        self._last = -1
 
     def _rules(self, pc: int) -> list[tuple[str, Rule | None]]:
         got = self._by_pc.get(pc)
@@ -266,6 +269,9 @@ class UnwindChecker:
             return
         st = self.stats
         st.steps += 1
+        if pc == self._last:
+            st.repeats += 1
+        self._last = pc
         for name, rule in rules:
             if rule is None:
                 st.uncovered[name] = st.uncovered.get(name, 0) + 1
