@@ -122,14 +122,17 @@ def _options(args: argparse.Namespace) -> Any:
         objtool_only=args.objtool_only)
 
 
-def check_file(path: str, options: Any, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """Worker: every finding of every object in ``path`` (as JSON dicts), or an error line."""
+def check_file(task: str | tuple[str, range], options: Any,
+               cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """Worker: every finding of every object in ``path`` (as JSON dicts), or an error line.
+    A task is a path, or (archive path, member numbers)."""
     from framevet.analysis import analyse
     from framevet.load import load_path
 
+    path, members = (task, None) if isinstance(task, str) else task
     try:
         out: list[dict[str, Any]] = []
-        for obj in load_path(path, cflags):
+        for obj in load_path(path, cflags, members):
             ctx = analyse(obj, options)
             out.extend(_pack(f) for f in ctx.findings)
         return out, ""
@@ -155,9 +158,29 @@ def _unpack(d: dict[str, Any]) -> Any:
                    d.get("details") or {})
 
 
-def run_parallel(paths: list[str], work: Callable[..., tuple[list[dict[str, Any]], str]],
-                 extra: tuple[Any, ...], jobs: int, progress: bool) -> Iterable[tuple[str, Any]]:
-    """(path, (findings, error)) for every path, in input order; one worker per core."""
+ARCHIVE_CHUNK = 48
+
+
+def split_tasks(paths: list[str], jobs: int) -> list[Any]:
+    """Files as tasks; a big archive becomes chunks of members so every core gets work."""
+    from framevet.load.inputs import archive_size
+
+    if (jobs or os.cpu_count() or 1) <= 1:
+        return list(paths)
+    tasks: list[Any] = []
+    for p in paths:
+        n = archive_size(p)
+        if n > ARCHIVE_CHUNK:
+            tasks.extend((p, range(i, min(i + ARCHIVE_CHUNK, n)))
+                         for i in range(0, n, ARCHIVE_CHUNK))
+        else:
+            tasks.append(p)
+    return tasks
+
+
+def run_parallel(paths: list[Any], work: Callable[..., tuple[list[dict[str, Any]], str]],
+                 extra: tuple[Any, ...], jobs: int, progress: bool) -> Iterable[tuple[Any, Any]]:
+    """(task, (findings, error)) for every task, in input order; one worker per core."""
     jobs = jobs or os.cpu_count() or 1
     jobs = min(jobs, len(paths))
     bar = _progress(len(paths)) if progress else None
@@ -213,7 +236,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     cflags = args.cflags.split()
     findings: list[Any] = []
     errors = 0
-    for _path, (packed, err) in run_parallel(args.files, check_file, (options, cflags),
+    tasks = split_tasks(args.files, args.jobs)
+    for _task, (packed, err) in run_parallel(tasks, check_file, (options, cflags),
                                              args.jobs, not args.no_progress):
         if err:
             print(err, file=sys.stderr)
@@ -297,13 +321,15 @@ def cmd_cfa(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
-def cfi_file(path: str, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+def cfi_file(task: str | tuple[str, range],
+             cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
     from framevet.cficheck import check_cfi
     from framevet.load import load_path
 
+    path, members = (task, None) if isinstance(task, str) else task
     try:
         out: list[dict[str, Any]] = []
-        for obj in load_path(path, cflags):
+        for obj in load_path(path, cflags, members):
             out.extend(_pack(f) for f in check_cfi(obj))
         return out, ""
     except InputError as exc:
@@ -315,7 +341,8 @@ def cfi_file(path: str, cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
 def cmd_cfi(args: argparse.Namespace) -> int:
     findings: list[Any] = []
     errors = 0
-    for _path, (packed, err) in run_parallel(args.files, cfi_file, (args.cflags.split(),),
+    tasks = split_tasks(args.files, args.jobs)
+    for _task, (packed, err) in run_parallel(tasks, cfi_file, (args.cflags.split(),),
                                              args.jobs, not args.no_progress):
         if err:
             print(err, file=sys.stderr)

@@ -57,7 +57,8 @@ class Effect:
     writes: int = 0            # bit mask of hardware registers written
     move: tuple[int, int] | None = None          # mov %src64, %dst64
     store: tuple[int, int, int, int] | None = None  # (src reg or -1, base, disp, size)
-    load: tuple[int, int, int] | None = None     # (dst reg, base, disp)
+    load: tuple[int, int, int] | None = None     # (dst reg, base, disp), 64-bit loads
+    mem_read: tuple[int, int] | None = None      # (base, disp) of any rsp/rbp-based read
 
 
 _factory = iced_x86.InstructionInfoFactory()
@@ -101,8 +102,10 @@ def _effect(ins: iced_x86.Instruction) -> Effect:
             size = iced_x86.MemorySizeExt.size(um.memory_size) if hasattr(
                 iced_x86, "MemorySizeExt") else 8
             e.store = (src, base, disp, size or 8)
-        elif (um.access == OpAccess.READ and mn == iced_x86.Mnemonic.MOV
-              and ins.op0_kind == OpKind.REGISTER):
+        if um.access in (OpAccess.READ, OpAccess.READ_WRITE, OpAccess.COND_READ):
+            e.mem_read = (base, disp)
+        if (um.access == OpAccess.READ and mn == iced_x86.Mnemonic.MOV
+                and ins.op0_kind == OpKind.REGISTER):
             dst = _HW64.get(ins.op0_register)
             if dst is not None:
                 e.load = (dst, base, disp)

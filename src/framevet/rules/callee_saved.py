@@ -43,12 +43,23 @@ def check(ctx: Context) -> Iterator[Finding]:
         if decl is not None and decl.entry != "call":
             continue  # entry stubs do not return to a C caller
         allowed = decl.clobbers if decl is not None else frozenset()
+        if f.name.lstrip("_") in CONTEXT_SWITCHERS:
+            continue
         for c in callee_saved_clobbers(prog, cfi, fi, allowed, summaries):
             names = ", ".join(d.REG_NAMES[r] for r in c.regs)
             what = "return" if prog.kind[c.gid] == d.RETURN else "tail call"
             yield ctx.finding(c.gid, RULE.id,
                               f"{what} with callee-saved {names} not holding the caller's value",
                               registers=[d.REG_NAMES[r] for r in c.regs])
+
+
+#: functions whose job is to load another context's callee-saved registers
+#: (leading underscores ignored): longjmp and ucontext
+CONTEXT_SWITCHERS = frozenset({
+    "longjmp", "longjmp_cancel", "longjmp_chk", "libc_longjmp", "libc_siglongjmp",
+    "siglongjmp", "setcontext", "swapcontext", "start_context", "GI___longjmp",
+    "GI___setcontext", "GI___swapcontext",
+})
 
 
 def _suspects(ctx: Context) -> set[int]:

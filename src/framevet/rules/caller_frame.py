@@ -69,9 +69,9 @@ def _first_argument_read(prog: Program, cfi: list[tuple[int, ...] | None],
     gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
     eff = effects(prog, gids)
     for g in gids:
-        ld = eff[g].load
-        if ld is not None:
-            k = slot_of(cfi[g], ld[1], ld[2])
+        rd = eff[g].mem_read
+        if rd is not None:
+            k = slot_of(cfi[g], rd[0], rd[1])
             if k is not None and k >= 0:
                 return g
     return None
