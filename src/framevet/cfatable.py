@@ -217,11 +217,20 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     return result, inferred
 
 
+#: functions not entered by a call: the kernel "returns" into a signal trampoline with
+#: rsp on the signal frame.  Their CFA is not rsp-based (their CFI says where the
+#: signal frame is); framevet leaves it undefined.
+USER_ENTRY_UNKNOWN = frozenset({"__restore_rt"})
+
+
 def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:
     out: dict[int, tuple[int, ...]] = {}
     for f in prog.functions:
         words = USER_ENTRY_EXTRA_WORDS.get(f.name)
         g = prog.gid(f.sec, f.start)
+        if g >= 0 and f.name in USER_ENTRY_UNKNOWN:
+            st = blank_state()
+            out[g] = tuple(st[0:9]) + tuple(st[REGS:STATE_LEN])
         if words and g >= 0:
             st = func_entry_state()
             st[CFA_OFF] += 8 * words

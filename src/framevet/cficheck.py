@@ -220,7 +220,7 @@ class _Checker:
         self._current_fde = fde
         prog, table = self.prog, self.table
         cfi = table.result.cfi
-        run: tuple[str, str, tuple[str, ...]] | None = None
+        run: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
         pending: tuple[int, CfaRule, CfaRule, list[str]] | None = None
         count = 0
         last: CfiFinding | None = None
@@ -231,7 +231,7 @@ class _Checker:
         ri = 0
         for g in _range(prog, fde.section, fde.start, fde.end):
             c = cfi[g]
-            key: tuple[str, str, tuple[str, ...]] | None = None
+            key: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
             o = prog.off[g]
             while ri + 1 < len(rows) and rows[ri + 1][0] <= o:
                 ri += 1
@@ -240,8 +240,17 @@ class _Checker:
             got = want
             if c is not None:
                 diffs, got = self._diff(g, c, want, table.rule_at_gid(g))
-                if diffs:
-                    key = (want.text(), got.text(), tuple(diffs))
+                if "cfa" in diffs:
+                    # one finding per wrong CFA rule; register rules that go wrong
+                    # inside it join that finding
+                    key = (_components(want, ["cfa"]), _components(got, ["cfa"]), ("cfa",))
+                elif diffs:
+                    key = (_components(want, diffs), _components(got, diffs), tuple(diffs))
+            if key == run and pending is not None:
+                extra = [x for x in diffs if x not in pending[3]]
+                if extra:
+                    pending = (pending[0], _with_regs(pending[1], want, extra),
+                               _with_regs(pending[2], got, extra), pending[3] + extra)
             if key != run:
                 if pending is not None:
                     last = self._report(fde, *pending, count, touched, streak)
@@ -404,11 +413,19 @@ class _Checker:
         from framevet import regflow
 
         places = self._places(self.prog.func[g]).get(g)
-        if places is None or (rule is not None and rule.startswith(("at(", "exp", "v"))) \
+        if places is None or (rule is not None and rule.startswith(("exp", "v"))) \
                 or rule == "undefined":
             return None
         hw = _DWARF_TO_HW[r]
         here = places[regflow.TRACKED.index(hw)]
+        if rule is not None and rule.startswith("at("):
+            # DRAP frames: saved at rbp+k, valid while rbp is the frame base (framevet's
+            # own rule for rbp is then at(rbp+0)); after ``pop %rbp`` it is not
+            if not rule.startswith("at(rbp"):
+                return None
+            if dict(self.table.rule_at_gid(g).other).get(6) != "at(rbp+0)":
+                return False
+            return regflow._slot(int(rule[6:-1])) + regflow.FRAME in here
         if rule is None:
             return hw in here                     # "same value"
         if rule.startswith("cfa"):
@@ -588,6 +605,18 @@ class _Checker:
                         m.setdefault(ag, []).append(g)
             self._sources = m
         return self._sources
+
+
+def _with_regs(base: CfaRule, src: CfaRule, names: list[str]) -> CfaRule:
+    """``base`` with the rules of the registers ``names`` taken from ``src``."""
+    regs = {reg_name(r): r for r in CHECKED_REGS}
+    pick = {regs[n] for n in names if n in regs}
+    saved = {r: o for r, o in base.saved if r not in pick}
+    other = {r: t for r, t in base.other if r not in pick}
+    saved.update((r, o) for r, o in src.saved if r in pick)
+    other.update((r, t) for r, t in src.other if r in pick)
+    return CfaRule(base.kind, base.reg, base.off, tuple(sorted(saved.items())),
+                   tuple(sorted(other.items())), base.expr)
 
 
 def _components(rule: CfaRule, diffs: list[str]) -> tuple[str, ...]:
