@@ -113,6 +113,9 @@ def test_raw_bad_input(rop: list[LoadedObject]) -> None:
         run_raw(b"", STUB_VA)
     with pytest.raises(InputError):
         parse_symbols(["nothing"])
+    with pytest.raises(InputError, match="overlapping"):
+        run_raw(old_stub(), STUB_VA, link_with=rop,
+                symbols={"guest_to_host_gpr_switch": STUB_VA + 8})
     with pytest.raises(InputError, match="defined by a linked object"):
         run_raw(old_stub(), STUB_VA, link_with=rop,
                 symbols={"host_to_guest_gpr_switch": HELPERS,

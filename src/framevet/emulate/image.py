@@ -376,6 +376,11 @@ class Linker:
         self.apply_relocations()
         if not self.img.indirect_slot:
             self.img.indirect_slot = self.code_slot("<indirect>")
+        spans = sorted((c.addr, c.addr + len(c.data), c.label) for c in self.img.chunks if c.data)
+        for (a0, a1, l0), (b0, _b1, l1) in zip(spans, spans[1:], strict=False):
+            if b0 < a1:
+                raise InputError(l1, f"placed at 0x{b0:x}, overlapping {l0} "
+                                     f"(0x{a0:x}-0x{a1:x}): check --base and --symbol")
         self.img.finish()
         return self.img
 
