@@ -46,6 +46,8 @@ _UNALIGNED_OK = (Mnemonic.MOVUPS, Mnemonic.MOVUPD, Mnemonic.MOVDQU, Mnemonic.LDD
                  Mnemonic.PCMPISTRI, Mnemonic.PCMPISTRM, Mnemonic.MASKMOVDQU)
 
 _formatter = Formatter(FormatterSyntax.GAS)
+_formatter.uppercase_hex = False
+_formatter.branch_leading_zeros = False
 _info = InstructionInfoFactory()
 
 

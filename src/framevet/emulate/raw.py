@@ -20,6 +20,8 @@ from framevet.emulate.findings import REL32_REACH, STUB_SIZE, Finding
 
 _REL32 = (OpKind.NEAR_BRANCH64,)
 _fmt = Formatter(FormatterSyntax.GAS)
+_fmt.uppercase_hex = False
+_fmt.branch_leading_zeros = False
 _SPAN = 1 << 31
 
 
@@ -36,7 +38,8 @@ def stub_checks(code: bytes, base: int, symbols: Mapping[str, int], max_size: in
     if max_size is not None and len(code) > max_size:
         out.append(_finding(path, name, max_size - entry, STUB_SIZE, "error",
                             f"stub is {len(code)} bytes, larger than its {max_size}-byte "
-                            f"buffer: it overflows by {len(code) - max_size} bytes", base, entry))
+                            f"buffer: it overflows by {len(code) - max_size} "
+                            f"byte{'s' * (len(code) - max_size != 1)}", base, entry))
     by_addr = {a: n for n, a in symbols.items()}
     end = base + len(code)
     dec = Decoder(64, code, ip=base)
