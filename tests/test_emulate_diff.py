@@ -18,7 +18,7 @@ def test_seed002_diff_separates_push_from_slot_saving() -> None:
     found = diff(f"{SAVE}:extra_regs_push", f"{SAVE}:extra_regs_slots", runs=8)
     assert len(found) == 1
     f = found[0]
-    assert f.rule == "diff-divergence" and f.severity == "error"
+    assert f.rule == "diff-divergence" and f.severity == "warning"
     assert (f.symbol, f.offset) == ("extra_regs_slots", 0)      # movq %r15, 8(%rsp)
     assert "memory written differs in caller's frame at entry rsp+0x8" in f.message
     assert "A leaves" in f.message and "(untouched)" in f.message

@@ -277,7 +277,8 @@ def diff(a_spec: str | FunctionTarget | RawTarget, b_spec: str | FunctionTarget 
         names (plus ``"flags"``).  Memory that outlives the call and the
         sequence of external calls are always compared.
     Returns ``[]`` when no run diverges, else one ``diff-divergence`` finding
-    located at the instruction on B (else A) that produced the difference,
+    located at the instruction on B (else A) that produced the difference (severity
+    warning, as in the rules registry),
     with both sides' last instructions as its trace.
     """
     specs = parse_args_spec(args_spec)

@@ -149,6 +149,6 @@ def diff_sides(sa: Side, sb: Side, specs: list[ArgSpec], runs: int, seed: int,
                  f"B = {sb.name}", *trace_lines(sb.image, rb, prefix="B: ")]
         msg = f"{sa.name} and {sb.name} diverge in run {run} (seed {seed}): {words}"
         if pb:
-            return [finding_at(sb.image, pb, DIFF_DIVERGENCE, "error", msg, trace, sb.display)]
-        return [finding_at(sa.image, pa, DIFF_DIVERGENCE, "error", msg, trace, sa.display)]
+            return [finding_at(sb.image, pb, DIFF_DIVERGENCE, "warning", msg, trace, sb.display)]
+        return [finding_at(sa.image, pa, DIFF_DIVERGENCE, "warning", msg, trace, sa.display)]
     return []
