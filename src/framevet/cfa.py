@@ -192,6 +192,11 @@ class Walker:
                         self.warn(-1, "falls-through-to-next-function",
                                   f"{pfunc[func].name}() falls through to next function "
                                   f"{pfunc[fg].name}()")
+                        if prog.profile == "user":
+                            break           # never carry one function's state into another
+                    elif (prog.profile == "user" and func >= 0 and fg >= 0 and g != start
+                          and func != pfunc[fg].parent and prog.off[g] == pfunc[fg].start):
+                        break               # user: another function's entry is walked from there
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
                     is_hint = g in hints or g in restores
