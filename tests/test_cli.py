@@ -111,3 +111,16 @@ def test_user_profile_misaligned_call(tmp_path: Path) -> None:
     hits = [(i["symbol"], i["rule"]) for i in json.loads(
         fv("check", "--profile", "user", "--format", "json", str(src)).stdout)]
     assert ("f", "call-misaligned-stack") in hits
+
+
+def test_abi_and_diff_commands() -> None:
+    emu = FIXTURES / "emulate" / "save-extra-regs.S"
+    clean = fv("abi", str(emu), "--function", "extra_regs_push", "--runs", "4")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    bad = fv("abi", str(emu), "--function", "extra_regs_slots", "--runs", "4", "--format", "json")
+    assert bad.returncode == 1
+    assert {i["rule"] for i in json.loads(bad.stdout)} >= {"abi-violation"}
+    d = fv("diff", f"{emu}:extra_regs_push", f"{emu}:extra_regs_slots", "--runs", "4")
+    assert d.returncode == 1 and "[diff-divergence]" in d.stdout
+    same = fv("diff", f"{emu}:extra_regs_push", f"{emu}:extra_regs_push", "--runs", "4")
+    assert same.returncode == 0 and "no divergence" in same.stderr

@@ -23,10 +23,14 @@ def add_emulation_commands(sub: Any) -> None:
     a.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
     a.add_argument("--fail-on", choices=("note", "warning", "error", "never"), default="warning")
     a.add_argument("--cflags", default="")
+    a.add_argument("--profile", choices=("kernel", "user"), default=None,
+                   help="default: kernel for .ko and raw stubs, else user")
+    a.add_argument("--hints", metavar="TOML", help="declarations (clobbers, stack_args)")
     a.set_defaults(func=cmd_abi)
 
     d = sub.add_parser("diff", help="run two versions of a routine on the same random states")
-    d.add_argument("a", metavar="A", help="FILE:FUNCTION or raw:STUB.bin@BASE+ENTRY")
+    d.add_argument("a", metavar="A", help="FILE:FUNCTION or "
+                   "raw:STUB.bin@BASE[+ENTRY][,NAME=ADDR...][,link=FILE...]")
     d.add_argument("b", metavar="B")
     d.add_argument("--args", default=None)
     d.add_argument("--runs", type=int, default=16)
@@ -34,6 +38,9 @@ def add_emulation_commands(sub: Any) -> None:
     d.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
     d.add_argument("--fail-on", choices=("note", "warning", "error", "never"), default="warning")
     d.add_argument("--cflags", default="")
+    d.add_argument("--compare", default="abi",
+                   help="registers compared: abi (callee-saved + rax/rdx), all, or a list")
+    d.add_argument("--profile", choices=("kernel", "user"), default=None)
     d.set_defaults(func=cmd_diff)
 
 
@@ -50,6 +57,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from framevet.cli import _emit, _exit
     from framevet.emulate.cli_glue import run_diff_command
 
+    import sys
+
     findings = run_diff_command(args)
     _emit(findings, args.format, None)
+    if not any(f.rule == "diff-divergence" for f in findings):
+        print(f"framevet: no divergence between {args.a} and {args.b} in {args.runs} runs",
+              file=sys.stderr)
     return _exit(findings, 0, args.fail_on)

@@ -39,7 +39,11 @@ class Finding:
     def text(self) -> str:
         src = f"{self.source[0]}:{self.source[1]}: " if self.source else ""
         where = f"{self.location.text()}: " if self.location else ""
-        return f"{src}{self.file}: {self.severity}: framevet: {where}{self.message} [{self.rule}]"
+        line = f"{src}{self.file}: {self.severity}: framevet: {where}{self.message} [{self.rule}]"
+        trace = self.details.get("trace")
+        if trace:
+            line += "".join(f"\n    {t}" for t in trace)
+        return line
 
     def objtool_text(self) -> str:
         where = f"{self.location.text()}: " if self.location else ""

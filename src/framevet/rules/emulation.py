@@ -21,6 +21,12 @@ register(Rule(
     "state", "a refactoring changed behaviour", "compare the short trace printed",
     family="emulation"))
 register(Rule(
+    "emulation-error", "the emulator could not finish a run",
+    "an instruction unicorn cannot execute (AVX), a system call, or an exhausted budget "
+    "(instructions, time, memory) ended the run early",
+    "checks after that point were not made", "narrow the run (--args, --runs) or accept it",
+    family="emulation"))
+register(Rule(
     "stub-size", "generated stub larger than its buffer",
     "raw stub code longer than the declared --max-size",
     "the stub overruns its buffer (seed 001's STUB_BUF_SIZE)", "shrink the stub or the claim",
