@@ -54,10 +54,10 @@ def cmd_abi(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    import sys
+
     from framevet.cli import _emit, _exit
     from framevet.emulate.cli_glue import run_diff_command
-
-    import sys
 
     findings = run_diff_command(args)
     _emit(findings, args.format, None)
