@@ -276,6 +276,21 @@ def _after_mov_to_rsp(prog, g: int, want: tuple[int, int, int],
         and ops[0][4] == _HW.get(want[1], -1)
 
 
+#: framevet's interned state: VALS (what a register holds, CFA-relative) starts here
+_VALS0 = 9 + 2 * 17
+_CFA_BASE_VAL = -2
+
+
+def _holds_copy(c: tuple[int, ...] | None, want: tuple[int, int, int]) -> bool:
+    """The CFI says ``reg + N`` and framevet's state knows ``reg`` holds ``CFA - N``
+    (a copy of rsp taken earlier, ``mov %rsp, %r9``): the same CFA, spelled on
+    another register."""
+    hw = _HW.get(want[1], -1)
+    if c is None or want[0] != CFA_REG or hw < 0:
+        return False
+    return c[_VALS0 + 2 * hw] == _CFA_BASE_VAL and c[_VALS0 + 2 * hw + 1] + want[2] == 0
+
+
 def compare_member(args: tuple[str, str, bool]) -> MemberResult:
     path, display, want_regs = args
     res = MemberResult(display)
@@ -325,15 +340,18 @@ def compare_member(args: tuple[str, str, bool]) -> MemberResult:
                 res.agree += 1
                 run = None
             else:
+                g = base + i
+                eq = _after_mov_to_rsp(prog, g, want, got) or \
+                    _holds_copy(tb.result.cfi[g], want)
                 key = (cfa_txt, rule.text().split()[0])
-                if run is None or (run.cfi, run.framevet) != (f"cfa={key[0]}", key[1]):
-                    g = base + i
+                if run is None or (run.cfi, run.framevet, run.equivalent) != \
+                        (f"cfa={key[0]}", key[1], eq):
                     run = Disagreement(display, ds.name, o, _symbol_at(elf, sec, o), 0,
                                        f"cfa={key[0]}", key[1])
                     run.reached = tb.result.cfi[g] is not None
                     run.in_function = prog.func[g] >= 0
                     run.ra_undefined = regs.get(16) == "u"
-                    run.equivalent = _after_mov_to_rsp(prog, g, want, got)
+                    run.equivalent = eq
                     res.disagreements.append(run)
                 run.insns += 1
             if want_regs and ok:
@@ -420,9 +438,9 @@ def classify(d: Disagreement) -> None:
         d.cls, d.why = UNREACHABLE, ("no path reaches these instructions (a label no jump "
                                      "uses): no unwinder ever sees them")
     elif d.equivalent:
-        d.cls, d.why = EQUIVALENT, ("right after `mov %reg,%rsp` both registers hold the "
-                                    "same value; the CFI moves the CFA to rsp one "
-                                    "instruction later")
+        d.cls, d.why = EQUIVALENT, ("the CFI computes the CFA from a register that holds "
+                                    "a copy of rsp (`mov %rsp,%reg` earlier, or just "
+                                    "`mov %reg,%rsp`), framevet from rsp: the same value")
     else:
         d.cls = "unclassified"
 
@@ -491,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{100.0 * ra / max(rt, 1):.4f} %")
     print(f"time: {wall:.1f} s wall with {a.jobs} jobs (extract {t_extract:.1f} s; "
           f"framevet load+analysis {fv_cpu:.1f} s CPU)")
-    for r in errors:
+    for r in errors[:10]:
         print(f"error: {r.member}: {r.error}")
+    if len(errors) > 10:
+        print(f"... and {len(errors) - 10} more errors")
     classes: dict[str, list[int]] = {}
     for d in dis:
         c = classes.setdefault(d.cls, [0, 0])

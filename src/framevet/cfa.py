@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from framevet import decode as d
 from framevet.cfg import Program, is_noreturn, is_sibling_call
 from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
-from framevet.stackmodel import update_cfi
+from framevet.stackmodel import update_cfi, user_after
 from framevet.state import (
     BP_SCRATCH,
     CFA,
@@ -173,6 +173,7 @@ class Walker:
         visited, cfi_l, funcs, pfunc = self.visited, self.cfi, prog.func, prog.functions
         dead_end, ignore_alts = prog.dead_end, prog.ignore_alts
         hints, restores = self.hints, self.restore_insns
+        user = prog.profile == "user"
         stack: list[tuple[int, list[int], int]] = [(start, state0, 0)]
         while stack:
             g, state, phase = stack.pop()
@@ -242,9 +243,12 @@ class Walker:
                 phase = 0
                 k = kind[g]
                 ops = ops_l[g]
+                base0 = state[CFA_BASE]
                 if ops is not None:
                     for op in ops:
                         update_cfi(self, g, state, op)
+                    snap = None
+                if user and user_after(self, g, state, base0):
                     snap = None
                 if k == d.RETURN:
                     self._validate_return(func, g, state)

@@ -18,11 +18,13 @@ from framevet.load.elf import ElfObject
 
 if TYPE_CHECKING:
     from framevet.cfa import Walker
+from framevet.stackmodel import USER_SP_DEREF
 from framevet.state import (
     BP_INDIRECT,
     CFA,
     CFA_BASE,
     CFA_OFF,
+    DRAP_OFF,
     NREGS,
     REGS,
     SP_INDIRECT,
@@ -60,6 +62,8 @@ class CfaRule:
     other: tuple[tuple[int, str], ...] = ()
     #: CFA_EXPR: the expression, spelled like readelf
     expr: str = ""
+    #: CFA_DEREF: added after the load, CFA = *(reg + off) + post (OpenSSL's frames)
+    post: int = 0
 
     def cfa_text(self) -> str:
         if self.kind == CFA_UNDEFINED:
@@ -67,7 +71,8 @@ class CfaRule:
         if self.kind == CFA_REG:
             return f"{DWARF_NAMES[self.reg]}{self.off:+d}"
         if self.kind == CFA_DEREF:
-            return f"[{DWARF_NAMES[self.reg]}{self.off:+d}]"
+            return f"[{DWARF_NAMES[self.reg]}{self.off:+d}]" + (f"{self.post:+d}" if self.post
+                                                                else "")
         return f"exp({self.expr})" if self.expr else "exp"
 
     def reg_rules(self) -> list[tuple[int, str]]:
@@ -82,8 +87,8 @@ class CfaRule:
         return " ".join(parts)
 
     def same_cfa(self, other: CfaRule) -> bool:
-        return (self.kind, self.reg, self.off, self.expr) == \
-            (other.kind, other.reg, other.off, other.expr)
+        return (self.kind, self.reg, self.off, self.expr, self.post) == \
+            (other.kind, other.reg, other.off, other.expr, other.post)
 
 
 def reg_name(r: int) -> str:
@@ -109,7 +114,10 @@ def rule_for(cfi: tuple[int, ...] | None) -> CfaRule:
     base, off = cfi[CFA_BASE], cfi[CFA_OFF]
     if base == UNDEFINED:
         return UNDEFINED_RULE
-    if base == SP_INDIRECT:
+    post = 0
+    if base == USER_SP_DEREF:
+        kind, reg, post = CFA_DEREF, HW_TO_DWARF[d.SP], cfi[DRAP_OFF]
+    elif base == SP_INDIRECT:
         kind, reg = CFA_DEREF, HW_TO_DWARF[d.SP]
     elif base == BP_INDIRECT:
         kind, reg = CFA_DEREF, HW_TO_DWARF[d.BP]
@@ -129,7 +137,7 @@ def rule_for(cfi: tuple[int, ...] | None) -> CfaRule:
                                           f"{cfi[10 + 2 * r]:+d})"))
     saved.sort()
     other.sort()
-    return CfaRule(kind, reg, off, tuple(saved), tuple(other))
+    return CfaRule(kind, reg, off, tuple(saved), tuple(other), post=post)
 
 
 @dataclass
@@ -208,6 +216,7 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     """
     from framevet.cfa import Walker
 
+    _calls_into_other_functions(prog)
     opts = opts or WalkOptions(all_warnings=True)
     w = Walker(prog, opts, _entry_hints(prog))
     result = w.run()
@@ -221,6 +230,21 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
 #: rsp on the signal frame.  Their CFA is not rsp-based (their CFI says where the
 #: signal frame is); framevet leaves it undefined.
 USER_ENTRY_UNKNOWN = frozenset({"__restore_rt"})
+
+
+def _calls_into_other_functions(prog: Program) -> None:
+    """objtool takes a ``call`` to a label that starts no function for an
+    intra-function call (a jump that keeps its push: kernel RSB stuffing).  In user
+    code a call to a label inside *another* function is a call to a second entry
+    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns."""
+    for g in sorted(prog.intra_calls):
+        dg = prog.jump_dest[g]
+        fg, fd = prog.func[g], prog.func[dg] if dg >= 0 else -1
+        if fg >= 0 and fd >= 0 and prog.functions[fg].parent != prog.functions[fd].parent:
+            prog.kind[g] = d.CALL
+            prog.jump_dest[g] = -1
+            prog.ops[g] = None
+            prog.intra_calls.discard(g)
 
 
 def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:

@@ -731,6 +731,17 @@ def _sleb(v: int) -> list[int]:
         out.append(b | 0x80)
 
 
+def _uleb(v: int) -> list[int]:
+    out = []
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if not v:
+            out.append(b)
+            return out
+        out.append(b | 0x80)
+
+
 def _escape(bytes_: list[int]) -> str:
     return ".cfi_escape " + ",".join(f"0x{b:x}" for b in bytes_)
 
@@ -764,8 +775,10 @@ def _cfa_directive(rule: CfaRule) -> str:
         return f".cfi_def_cfa {_gas_reg(rule.reg)}, {rule.off}"
     if rule.kind == CFA_DEREF:
         expr = [0x70 + rule.reg] + _sleb(rule.off) + [0x06]
+        if rule.post > 0:
+            expr += [0x23] + _uleb(rule.post)
         return _escape([0x0F, len(expr)] + expr) + \
-            f"  # DW_CFA_def_cfa_expression: *({reg_name(rule.reg)}{rule.off:+d})"
+            f"  # DW_CFA_def_cfa_expression: {rule.cfa_text()}"
     return f"# cfa: {rule.cfa_text()} (no directive for this rule)"
 
 

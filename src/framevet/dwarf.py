@@ -49,7 +49,7 @@ _GNU_ARGS_SIZE, _GNU_NEG_OFFSET_EXT = 0x2E, 0x2F
 # register rule kinds inside the interpreter
 _R_UNDEF, _R_SAME, _R_OFFSET, _R_VAL_OFFSET, _R_REGISTER, _R_EXPR, _R_VAL_EXPR = range(7)
 
-_Cfa = tuple[int, int, int, str]          # kind, reg, off, expr text
+_Cfa = tuple[int, int, int, str, int]     # kind, reg, off, expr text, post-deref offset
 _RegRule = tuple[int, Any]
 
 
@@ -163,25 +163,29 @@ def expr_text(expr: bytes) -> str:
     return "; ".join(out)
 
 
-def _address_expr(expr: bytes) -> tuple[int, int, int] | None:
-    """``DW_OP_bregN off [DW_OP_plus_uconst k] [DW_OP_deref]`` -> (reg, off, derefs)."""
+def _address_expr(expr: bytes) -> tuple[int, int, int, int] | None:
+    """``DW_OP_bregN off [DW_OP_plus_uconst k] [DW_OP_deref [DW_OP_plus_uconst p]]``
+    -> (reg, off, derefs, p)."""
     try:
         if not expr or not 0x70 <= expr[0] <= 0x8F:
             return None
         reg = expr[0] - 0x70
         off, i = _sleb(expr, 1)
-        derefs = 0
+        derefs = post = 0
         while i < len(expr):
             op = expr[i]
             i += 1
-            if op == 0x23 and not derefs:
+            if op == 0x23:
                 k, i = _uleb(expr, i)
-                off += k
+                if derefs:
+                    post += k
+                else:
+                    off += k
             elif op == 0x06 and not derefs:
                 derefs = 1
             else:
                 return None
-        return reg, off, derefs
+        return reg, off, derefs, post
     except IndexError:
         return None
 
@@ -189,10 +193,10 @@ def _address_expr(expr: bytes) -> tuple[int, int, int] | None:
 def cfa_from_expr(expr: bytes) -> _Cfa:
     a = _address_expr(expr)
     if a is not None and a[2] == 1:
-        return (CFA_DEREF, a[0], a[1], "")
+        return (CFA_DEREF, a[0], a[1], "", a[3])
     if a is not None and a[2] == 0:
-        return (CFA_REG, a[0], a[1], "")
-    return (CFA_EXPR, -1, 0, expr_text(expr))
+        return (CFA_REG, a[0], a[1], "", 0)
+    return (CFA_EXPR, -1, 0, expr_text(expr), 0)
 
 
 def _reg_text(kind: int, arg: Any) -> str | None:
@@ -206,7 +210,7 @@ def _reg_text(kind: int, arg: Any) -> str | None:
         return f"val(cfa{int(arg):+d})"
     if kind == _R_EXPR:
         a = _address_expr(bytes(arg))
-        if a is not None and not a[2]:
+        if a is not None and not a[2] and not a[3]:
             return f"at({reg_name(a[0])}{a[1]:+d})"
         return "exp"
     if kind == _R_VAL_EXPR:
@@ -225,10 +229,10 @@ def make_rule(cfa: _Cfa, regs: dict[int, _RegRule]) -> CfaRule:
             t = _reg_text(kind, arg)
             if t is not None:
                 other.append((r, t))
-    kind, reg, off, expr = cfa
+    kind, reg, off, expr, post = cfa
     if kind == CFA_UNDEFINED:
         return CfaRule(CFA_UNDEFINED, saved=tuple(saved), other=tuple(other))
-    return CfaRule(kind, reg, off, tuple(saved), tuple(other), expr)
+    return CfaRule(kind, reg, off, tuple(saved), tuple(other), expr, post)
 
 
 # ---------------------------------------------------------------------------
@@ -278,21 +282,21 @@ def _interpret(instructions: list[Any], caf: int, daf: int, loc: int,
                 raise CfiError("DW_CFA_restore_state without DW_CFA_remember_state")
             cfa, regs = stack.pop()
         elif op == _DEF_CFA:
-            cfa = (CFA_REG, int(a[0]), int(a[1]), "")
+            cfa = (CFA_REG, int(a[0]), int(a[1]), "", 0)
         elif op == _DEF_CFA_SF:
-            cfa = (CFA_REG, int(a[0]), int(a[1]) * daf, "")
+            cfa = (CFA_REG, int(a[0]), int(a[1]) * daf, "", 0)
         elif op == _DEF_CFA_REG:
             if cfa[0] not in (CFA_REG, CFA_UNDEFINED):
                 raise CfiError("DW_CFA_def_cfa_register after a CFA expression")
-            cfa = (CFA_REG, int(a[0]), cfa[2], "")
+            cfa = (CFA_REG, int(a[0]), cfa[2], "", 0)
         elif op == _DEF_CFA_OFF:
             if cfa[0] != CFA_REG:
                 raise CfiError("DW_CFA_def_cfa_offset without a register CFA")
-            cfa = (CFA_REG, cfa[1], int(a[0]), "")
+            cfa = (CFA_REG, cfa[1], int(a[0]), "", 0)
         elif op == _DEF_CFA_OFF_SF:
             if cfa[0] != CFA_REG:
                 raise CfiError("DW_CFA_def_cfa_offset_sf without a register CFA")
-            cfa = (CFA_REG, cfa[1], int(a[0]) * daf, "")
+            cfa = (CFA_REG, cfa[1], int(a[0]) * daf, "", 0)
         elif op == _DEF_CFA_EXPR:
             cfa = cfa_from_expr(bytes(a[0]))
         elif op == _EXPRESSION:
@@ -351,7 +355,7 @@ def _read_section(elf: ElfObject, sec_index: int, name: str, info: CfiInfo) -> N
         ra = int(cie["return_address_register"])
         if cie.offset not in cie_state:
             _, ccfa, cregs = _interpret(cie.instructions, caf, daf, 0,
-                                        (CFA_UNDEFINED, -1, 0, ""), {}, None, None)
+                                        (CFA_UNDEFINED, -1, 0, "", 0), {}, None, None)
             cie_state[cie.offset] = (ccfa, cregs)
         ccfa, cregs = cie_state[cie.offset]
         fmt_bytes = 4 if e.structs.dwarf_format == 32 else 12

@@ -42,6 +42,8 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
     if s[TYPE] == T_REGS or s[TYPE] == T_REGS_PARTIAL:
         _update_regs_hint(s, op)
         return
+    if w.prog.profile == "user" and _user_slot_frame(s, op):
+        return
     if dtype == d.D_REG:
         if stype == d.S_REG:
             if w.prog.profile == "user" and (_user_restore_sp(s, dreg, sreg, 0)
@@ -229,12 +231,17 @@ def _user_realign(s: list[int], dreg: int) -> bool:
         s[DRAP] = 1
         return True
     if s[CFA_BASE] != d.SP:
-        # already on a frame register (:func:`_user_frame_mov`, or rbp): unaffected
-        return 0 <= s[CFA_BASE] < 16 and s[CFA_BASE] != s[DRAP_REG]
+        # already on a frame register (:func:`_user_frame_mov`, or rbp): unaffected,
+        # but rsp's distance to the CFA is no longer known
+        if 0 <= s[CFA_BASE] < 16 and s[CFA_BASE] != s[DRAP_REG]:
+            s[STACK] = _STACK_UNKNOWN * 2
+            return True
+        return False
     for r in _FRAME_REG_ORDER:
         if s[VALS + 2 * r] == CFA and r != s[DRAP_REG]:
             s[CFA_BASE] = r                                  # r = CFA + vals_off
             s[CFA_OFF] = -s[VALS + 2 * r + 1]
+            s[STACK] = _STACK_UNKNOWN * 2                    # rsp is realigned
             return True
     return False
 
@@ -253,18 +260,174 @@ def _user_drap_lea(w: Walker, g: int, s: list[int], dreg: int, sreg: int, soff: 
     return True
 
 
-def _next_is_realign(w: Walker, g: int) -> bool:
-    n = w.prog.next_same_sec(g)
-    nops = w.prog.ops[n] if n >= 0 else None
-    return bool(nops) and nops[0][0] == d.D_REG and nops[0][1] == d.SP \
-        and nops[0][3] == d.S_AND  # type: ignore[index]
+#: profile user: CFA = *(rsp + CFA_OFF) + post, post kept in DRAP_OFF (DRAP is off).
+#: OpenSSL's perlasm saves the pre-realignment rsp in a stack slot
+#: (``mov %rax, 88(%rsp)``; ``.cfi_cfa_expression %rsp+88,deref,+8``).
+USER_SP_DEREF = -5
+
+#: how far ahead a realignment may follow ``mov %rsp, %reg`` for the CFA to move at once
+_REALIGN_WINDOW = 16
+
+
+def _next_is_realign(w: Walker, g: int, reg: int = -1) -> bool:
+    """``and $-N, %rsp`` follows ``g`` on a straight line (within a few instructions
+    that neither branch nor write ``reg``, when ``reg`` is given)."""
+    prog = w.prog
+    n = prog.next_same_sec(g)
+    for _ in range(_REALIGN_WINDOW if reg >= 0 else 1):
+        if n < 0:
+            return False
+        nops = prog.ops[n]
+        if nops and nops[0][0] == d.D_REG and nops[0][1] == d.SP and nops[0][3] == d.S_AND:
+            return True
+        if reg < 0 or prog.kind[n] not in (d.OTHER, d.NOP) or _writes(prog, n, reg):
+            return False
+        n = prog.next_same_sec(n)
+    return False
+
+
+_INFO = None
+
+
+def _writes(prog: object, g: int, reg: int) -> bool:
+    """Instruction ``g`` may write hardware register ``reg`` (iced, decoded again)."""
+    import iced_x86
+
+    global _INFO
+    if _INFO is None:
+        _INFO = iced_x86.InstructionInfoFactory()
+    from framevet.cfg import Program
+
+    assert isinstance(prog, Program)
+    ops = prog.ops[g]
+    if ops and any(op[0] == d.D_REG and op[1] == reg for op in ops):
+        return True
+    sec = prog.elf.sections[prog.sec_of[g]]
+    o = prog.off[g]
+    ins = iced_x86.Decoder(64, sec.data[o:o + prog.length[g]], ip=o).decode()
+    for u in _INFO.info(ins).used_registers():
+        if u.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
+                        iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE):
+            full = iced_x86.RegisterExt.full_register(u.register)
+            if d._HW.get(full, -1) == reg:
+                return True
+    return False
+
+
+_CALLER_SAVED = (d.AX, d.CX, d.DX, d.SI, d.DI, d.R8, d.R9, d.R10, d.R11)
+#: STACK below this: rsp's distance to the CFA is unknown (after a realignment)
+_STACK_UNKNOWN = -(1 << 29)
+
+
+def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
+    """Profile user, after instruction ``g``: what it overwrote that the state relies
+    on.  A call clobbers the caller-saved registers' copies of rsp; an instruction that
+    overwrites the register the CFA is computed from (not DRAP, not rbp) moves the CFA
+    back to rsp when rsp's distance to it is known, else loses it.  True when the
+    state changed."""
+    prog = w.prog
+    k = prog.kind[g]
+    call = k == d.CALL or k == d.CALL_DYNAMIC
+    clobbered: frozenset[int] = frozenset()
+    changed = False
+    if call:
+        clobbered = _call_clobbers(prog, g)
+        for r in clobbered:
+            if s[VALS + 2 * r] == CFA:
+                s[VALS + 2 * r] = UNDEFINED
+                changed = True
+    b = s[CFA_BASE]
+    if b < 0 or b >= 16 or b == d.SP or b == d.BP or b != base_before or s[DRAP]:
+        return changed
+    if (call and b in clobbered) or (not call and _writes(prog, g, b)):
+        if s[STACK] > _STACK_UNKNOWN:
+            s[CFA_BASE] = d.SP
+            s[CFA_OFF] = s[STACK]
+        else:
+            s[CFA_BASE] = UNDEFINED
+            s[CFA_OFF] = 0
+        return True
+    return changed
+
+
+def _call_clobbers(prog: object, g: int) -> frozenset[int]:
+    """Registers a call may clobber: the ABI's caller-saved ones, or -- for a local
+    helper that calls nothing itself (OpenSSL's ``_aesni_ctr32_6x``) -- only those
+    its instructions write."""
+    from framevet.cfg import Program
+
+    assert isinstance(prog, Program)
+    abi = frozenset(_CALLER_SAVED)
+    sym = prog.call_dest[g]
+    if prog.kind[g] != d.CALL or sym is None or not sym.defined:
+        return abi
+    start = prog.gid(sym.shndx, sym.offset)
+    if start < 0 or prog.func[start] < 0:
+        return abi
+    fi = prog.func[start]
+    cache: dict[int, frozenset[int]] | None = getattr(prog, "_user_clobbers", None)
+    if cache is None:
+        cache = {}
+        prog._user_clobbers = cache  # type: ignore[attr-defined]
+    got = cache.get(fi)
+    if got is None:
+        insns = prog.func_insns(fi)
+        if any(prog.kind[i] in (d.CALL, d.CALL_DYNAMIC, d.JUMP_DYNAMIC) for i in insns):
+            got = abi
+        else:
+            got = frozenset(r for r in _CALLER_SAVED if any(_writes(prog, i, r) for i in insns))
+        cache[fi] = got
+    return got
+
+
+def _user_slot_frame(s: list[int], op: d.StackOp) -> bool:
+    """Profile user: the CFA through a stack slot holding a copy of the entry rsp.
+
+    * ``mov %reg, disp(%rsp)`` while the CFA is ``reg + k`` (a frame register, after
+      a realignment): the CFA becomes ``*(rsp + disp) + k`` and %reg is free;
+    * push / pop / ``add $imm, %rsp`` move the slot's rsp offset; another write to
+      rsp loses it;
+    * ``mov disp(%rsp), %reg2`` from that slot: the CFA is ``reg2 + k`` again.
+    Returns True when ``op`` was fully handled here."""
+    dtype, dreg, doff, stype, sreg, soff = op
+    base = s[CFA_BASE]
+    if dtype == d.D_REG_INDIRECT and dreg == d.SP and stype == d.S_REG and not s[DRAP] \
+            and 0 <= base < 16 and base not in (d.SP, d.BP) and sreg == base:
+        s[DRAP_OFF] = s[CFA_OFF]
+        s[CFA_BASE] = USER_SP_DEREF
+        s[CFA_OFF] = doff
+        return True
+    if base != USER_SP_DEREF:
+        return False
+    if dtype == d.D_PUSH or dtype == d.D_PUSHF:
+        s[CFA_OFF] += 8
+        return False                      # objtool's code still counts the push
+    if stype == d.S_POP or stype == d.S_POPF:
+        s[CFA_OFF] -= 8
+        return False
+    if dtype == d.D_REG and dreg == d.SP:
+        if stype == d.S_ADD and sreg == d.SP:
+            s[CFA_OFF] -= soff
+            s[STACK] -= soff
+        else:
+            s[CFA_BASE] = UNDEFINED
+            s[CFA_OFF] = 0
+            s[DRAP_OFF] = -1
+        return True
+    if dtype == d.D_REG and stype == d.S_REG_INDIRECT and sreg == d.SP \
+            and soff == s[CFA_OFF] and dreg != d.SP:
+        s[CFA_BASE] = dreg
+        s[CFA_OFF] = s[DRAP_OFF]
+        s[DRAP_OFF] = -1
+        return True
+    return False
 
 
 def _user_frame_mov(w: Walker, g: int, s: list[int], dreg: int, sreg: int) -> bool:
     """``mov %rsp, %rbx`` right before ``and $-N, %rsp``: the CFA moves to %rbx at
     once, as hand-written CFI (``cfi_def_cfa_register``) says."""
     if sreg != d.SP or dreg in (d.SP, d.BP) or s[CFA_BASE] != d.SP or s[DRAP] \
-            or not _next_is_realign(w, g):
+            or not _next_is_realign(w, g, dreg):
         return False
     s[VALS + 2 * dreg] = CFA
     s[VALS + 2 * dreg + 1] = -s[STACK]
