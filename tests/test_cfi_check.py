@@ -159,3 +159,29 @@ def test_fde_covering_no_function() -> None:
     fs = findings(MISSING / "stray-fde.S")
     assert len(fs) == 1 and fs[0].rule == "cfi-missing"
     assert "covers .text+0x4..0x7, which holds no function" in fs[0].message
+
+
+def test_stripped_shared_object(tmp_path: Path) -> None:
+    """A linked, stripped image: the PIC switch table is read from .rodata, and the
+    cold part -- no symbol left, only its FDE, never called -- is walked as the
+    continuation of the function that jumps to it."""
+    import subprocess
+
+    from conftest import assemble
+
+    from framevet import dwarf
+
+    so = tmp_path / "sw.so"
+    subprocess.run(["gcc", "-shared", "-nostdlib", "-o", str(so),
+                    str(assemble(MISMATCH / "ok-gcc-switch.S"))], check=True)
+    subprocess.run(["strip", "--strip-all", str(so)], check=True)
+    (obj,) = load_path(str(so))
+    assert obj.elf.section(".symtab") is None
+    assert check_cfi(obj) == []
+    table = cfa_table(obj.elf)
+    assert table.prog.jump_table_insn
+    for fde in dwarf.read_cfi(obj.elf).fdes:
+        if fde.section_name.startswith(".plt"):
+            continue                    # PLT stubs: the CFI is an expression of rip
+        for off, rule in fde.rows:
+            assert table.at(fde.section, off).same_cfa(rule), (fde.section_name, hex(off))

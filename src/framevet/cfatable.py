@@ -177,6 +177,8 @@ class CfaTable:
 
 def cfa_table(elf: ElfObject, profile: str = "user",
               opts: WalkOptions | None = None) -> CfaTable:
+    if profile == "user" and not elf.relocatable:
+        elf = with_fde_functions(elf)
     prog = build(elf, profile)
     if profile == "user":
         result, inferred = user_walk(prog, opts)
@@ -232,6 +234,52 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
 USER_ENTRY_UNKNOWN = frozenset({"__restore_rt"})
 
 
+def with_fde_functions(elf: ElfObject) -> ElfObject:
+    """A linked image whose symbol table leaves code out (stripped: only .dynsym):
+    a copy with one local STT_FUNC per FDE that starts where no function does, so
+    that local functions are walked from their entry, and calls to them are calls."""
+    from dataclasses import replace
+
+    from framevet.dwarf import read_cfi
+    from framevet.load.elf import STB_LOCAL, STT_FUNC, Symbol
+
+    starts = {(s.shndx, s.offset) for s in elf.symbols if s.type == STT_FUNC and s.defined}
+    extra: list[Symbol] = []
+    n = len(elf.symbols)
+    called: set[int] | None = None
+    for fde in read_cfi(elf).fdes:
+        if fde.section < 0 or (fde.section, fde.start) in starts or fde.end <= fde.start:
+            continue
+        sec = elf.sections[fde.section]
+        starts.add((fde.section, fde.start))
+        if called is None:
+            called = _call_targets(elf)
+        # never called: GCC's cold partition of the function that jumps there (a
+        # ``.cold`` name makes cfg link it to that function, as for ``foo.cold``)
+        cold = "" if sec.addr + fde.start in called else ".cold"
+        extra.append(Symbol(n + len(extra), f"{sec.name}+0x{fde.start:x}{cold}",
+                            sec.addr + fde.start, fde.end - fde.start, STT_FUNC, STB_LOCAL,
+                            0, fde.section, fde.start))
+    if not extra:
+        return elf
+    return replace(elf, symbols=elf.symbols + extra, _by_name={})
+
+
+def _call_targets(elf: ElfObject) -> set[int]:
+    """Addresses some ``call rel32`` (E8) in an executable section points to (a byte
+    scan: a stray E8 inside another instruction can only add a target)."""
+    out: set[int] = set()
+    for sec in elf.sections:
+        if not sec.executable or not sec.data:
+            continue
+        data, base = sec.data, sec.addr
+        i = data.find(b"\xe8")
+        while 0 <= i <= len(data) - 5:
+            out.add(base + i + 5 + int.from_bytes(data[i + 1:i + 5], "little", signed=True))
+            i = data.find(b"\xe8", i + 1)
+    return out
+
+
 def _calls_into_other_functions(prog: Program) -> None:
     """objtool takes a ``call`` to a label that starts no function for an
     intra-function call (a jump that keeps its push: kernel RSB stuffing).  In user
@@ -240,7 +288,7 @@ def _calls_into_other_functions(prog: Program) -> None:
     for g in sorted(prog.intra_calls):
         dg = prog.jump_dest[g]
         fg, fd = prog.func[g], prog.func[dg] if dg >= 0 else -1
-        if fg >= 0 and fd >= 0 and prog.functions[fg].parent != prog.functions[fd].parent:
+        if fg < 0 or fd < 0 or prog.functions[fg].parent != prog.functions[fd].parent:
             prog.kind[g] = d.CALL
             prog.jump_dest[g] = -1
             prog.ops[g] = None
