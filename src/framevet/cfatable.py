@@ -8,6 +8,7 @@ compares with ``.eh_frame``, and what emulation unwinds with.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,7 @@ USER_ENTRY_EXTRA_WORDS = {
 
 
 def user_walk(prog: Program, opts: WalkOptions | None = None,
+              setup: Callable[[Walker], None] | None = None,
               ) -> tuple[WalkResult, set[int]]:
     """The CFA walk for profile ``user``, then what static control flow misses:
 
@@ -221,6 +223,8 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     _calls_into_other_functions(prog)
     opts = opts or WalkOptions(all_warnings=True)
     w = Walker(prog, opts, _entry_hints(prog))
+    if setup is not None:
+        setup(w)  # declarations: hints, ignored functions, entry stubs
     result = w.run()
     _walk_landing_pads(w)
     inferred = _walk_computed_targets(w)

@@ -117,11 +117,9 @@ def slot_of(cfi: tuple[int, ...] | None, base: int, disp: int) -> int | None:
     (None when unknown, or inside a realigned DRAP frame)."""
     if cfi is None or cfi[CFA_BASE] == UNDEFINED or cfi[DRAP]:
         return None
-    if base == d.SP:
-        if cfi[CFA_BASE] == d.SP:
-            return disp - cfi[CFA_OFF]
-        return disp - cfi[STACK]
-    if base == d.BP and cfi[CFA_BASE] == d.BP:
+    # only while the CFA is the addressing register itself: once rsp is realigned
+    # (and $-N) its distance to the CFA is unknown
+    if base == cfi[CFA_BASE] and base in (d.SP, d.BP):
         return disp - cfi[CFA_OFF]
     return None
 

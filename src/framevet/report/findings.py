@@ -43,6 +43,14 @@ class Finding:
         trace = self.details.get("trace")
         if trace:
             line += "".join(f"\n    {t}" for t in trace)
+        fix = self.details.get("fix")
+        if fix:
+            line += "\n    corrected CFI here:" + "".join(f"\n        {t}" for t in fix)
+        fix_end = self.details.get("fix_end")
+        if fix_end:
+            at = self.details.get("fix_end_at")
+            line += (f"\n    and before {at}:" if at else "\n    and after it:") + "".join(
+                f"\n        {t}" for t in fix_end)
         return line
 
     def objtool_text(self) -> str:

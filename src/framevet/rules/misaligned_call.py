@@ -24,17 +24,24 @@ def check(ctx: Context) -> Iterator[Finding]:
             continue
         if g in prog.intra_calls:
             continue
+        cd = prog.call_dest[g]
+        if k == d.CALL and cd is not None and cd.defined:
+            # GCC's -fipa-stack-alignment skips the adjustment for callees in the same
+            # object that it knows do not need it; only calls out can be judged
+            continue
         # on entry rsp = CFA - 8 and CFA is 16-aligned; rsp at the call = CFA - stack_size
         if c[STACK] % 16 != 0:
             yield ctx.finding(g, RULE.id,
-                              f"call with rsp not 16-byte aligned (rsp=cfa-{c[STACK]})",
+                              f"call with rsp not 16-byte aligned (rsp=cfa{-c[STACK]:+d})",
                               stack=c[STACK])
 
 
 RULE = register(Rule(
     "call-misaligned-stack", "rsp not 16-byte aligned at a call (profile user)",
-    "a call made while rsp is not a multiple of 16 (the CFA is 16-aligned by the ABI, so "
-    "the pushed bytes below it must be too)",
+    "a call to another object's function, or an indirect call, made while rsp is not a "
+    "multiple of 16 (the CFA is 16-aligned by the ABI, so the pushed bytes below it must be "
+    "too); calls to functions of the same object are left alone, as GCC aligns only for "
+    "callees that need it there",
     "the SysV ABI guarantees 16-byte alignment at calls; callees use movaps on stack slots "
     "and crash (glibc's printf with SSE, any -mavx code)",
     "adjust the frame size (sub $8,%rsp) so that pushes plus locals are a multiple of 16",
