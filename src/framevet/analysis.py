@@ -22,6 +22,8 @@ class Options:
     noinstr: bool = False
     ibt: bool = False
     unret: bool = False
+    #: objtool's --module: .init.text is not exempt from the retpoline checks
+    module: bool = False
     #: rule ids to leave out
     disabled: frozenset[str] = frozenset()
     #: keep walking after non-fatal warnings (check) or stop like objtool (orc)
@@ -42,17 +44,26 @@ class Context:
     symbols: SymbolIndex
     hints: Hints
     findings: list[Finding] = field(default_factory=list)
+    #: findings objtool counts as warnings before its unreachable-instruction check
+    #: (retpoline checks and the walk's)
+    counted: int = 0
 
     def finding(self, g: int, rule: str, message: str, severity: str | None = None,
                 **details: object) -> Finding:
+        if g < 0:
+            return self.finding_at(-1, 0, rule, message, severity, **details)
+        return self.finding_at(self.prog.sec_of[g], self.prog.off[g], rule, message, severity,
+                               **details)
+
+    def finding_at(self, sec: int, off: int, rule: str, message: str,
+                   severity: str | None = None, **details: object) -> Finding:
+        """A finding at ``off`` in section ``sec`` (any section; -1: no location)."""
         from framevet import rules
 
         r = rules.get(rule)
         sev = severity or (r.severity if r else "warning")
-        if g < 0:
+        if sec < 0:
             return Finding(self.obj.display, rule, message, sev, details=dict(details))
-        sec = self.prog.sec_of[g]
-        off = self.prog.off[g]
         loc = self.symbols.locate(sec, off)
         src = self.obj.source_of(self.prog.section_name(sec), off)
         return Finding(self.obj.display, rule, message, sev, loc, src, dict(details))
@@ -60,7 +71,7 @@ class Context:
 
 def analyse(obj: LoadedObject, options: Options) -> Context:
     """Build, walk and check one object; findings in objtool's reporting order."""
-    prog = build(obj.elf, options.profile)
+    prog = build(obj.elf, options.profile, uaccess=options.uaccess)
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
     walker = Walker(prog, WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
@@ -90,17 +101,27 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
         return options.profile in r.profiles
 
     out: list[Finding] = []
-    for g, msg in prog.notes:
-        out.append(ctx.finding(g, "decode-problem", msg, "warning"))
     ctx.findings = out
+    # what objtool prints while reading the file; it stops at the first fatal one
+    for p in prog.problems:
+        if wanted(p.rule):
+            out.append(ctx.finding_at(p.sec, p.off, p.rule, p.message))
+        if p.fatal and options.objtool_only:
+            return ctx
+    read = len(out)
     # objtool's order: retpoline checks, the walk's warnings, then the rest
     retpoline = registry["indirect-branch-in-retpoline-build"]
     if retpoline.check is not None and wanted(retpoline.id):
         out.extend(f for f in retpoline.check(ctx) if wanted(f.rule))
     for w in result.warnings:
         if wanted(w.rule):
-            out.append(ctx.finding(w.gid, w.rule, w.message))
-    for rule in registry.values():
+            if w.sec >= 0:
+                out.append(ctx.finding_at(w.sec, prog.off[w.gid], w.rule, w.message))
+            else:
+                out.append(ctx.finding(w.gid, w.rule, w.message))
+    ctx.counted = len(out) - read
+    late = [r for r in registry.values() if r.family == "objtool-output"]
+    for rule in [r for r in registry.values() if r.family != "objtool-output"] + late:
         if rule.check is None or rule is retpoline or not wanted(rule.id):
             continue
         found = [f for f in rule.check(ctx) if wanted(f.rule)]

@@ -10,6 +10,7 @@ warning of a function -- which ends its walk, as in objtool -- is the same one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from framevet import decode as d
@@ -45,6 +46,9 @@ class Warning:
     gid: int          # -1: no location (objtool's plain WARN)
     rule: str
     message: str
+    #: the section objtool names instead of the instruction's own: the one its walk
+    #: (validate_branch) started in, e.g. .altinstr_replacement after a replacement
+    sec: int = -1
 
 
 @dataclass
@@ -62,6 +66,8 @@ class WalkResult:
     cfi: list[tuple[int, ...] | None]
     warnings: list[Warning] = field(default_factory=list)
     visited: bytearray = field(default_factory=bytearray)
+    #: every distinct CFI tuple the walk recorded (interned states and hints)
+    states: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class _Abort(Exception):
@@ -84,17 +90,20 @@ class Walker:
         self.hints = hints or {}
         self.save_insns: set[int] = set(save_insns or ())
         self.restore_insns: set[int] = set(restore_insns or ())
-        self.c_file = prog.elf.relocatable and prog.elf.section(".comment") is not None
+        #: check falls-through (objtool 6.1 does in every object; profile user: C objects)
+        self.c_file = prog.profile == "kernel" or (
+            prog.elf.relocatable and prog.elf.section(".comment") is not None)
         #: instructions of functions objtool is told to skip (STACK_FRAME_NON_STANDARD)
         self.ignored: set[int] = set()
         #: functions declared (framevet.toml) to start on an exception/interrupt frame
         self.entry_funcs: set[int] = set()
+        self._marked: tuple[tuple[int, ...], set[int]] | None = None
 
     # -- reporting -------------------------------------------------------
-    def warn(self, g: int, rule: str, msg: str, fatal: bool = True) -> None:
+    def warn(self, g: int, rule: str, msg: str, fatal: bool = True, sec: int = -1) -> None:
         """Record a warning; like objtool, end the function's walk -- unless the
         problem leaves the state well defined and every warning was asked for."""
-        self.warnings.append(Warning(g, rule, msg))
+        self.warnings.append(Warning(g, rule, msg, sec))
         # profile user (with all_warnings): never end the function's walk; the path
         # goes on with the state as it is (a CFA made undefined stays undefined)
         if (fatal and self.prog.profile != "user") or not self.opts.all_warnings:
@@ -104,6 +113,7 @@ class Walker:
     def run(self) -> WalkResult:
         """objtool's order: every function from its start, then unvisited unwind hints."""
         prog = self.prog
+        self._marked = None         # (hints/ignored may have been set after __init__)
         order = sorted(range(len(prog.functions)),
                        key=lambda i: (prog.functions[i].sec, prog.functions[i].start,
                                       prog.functions[i].sym.index))
@@ -127,7 +137,8 @@ class Walker:
             if not self.visited[g] and g not in self.ignored:
                 self._walk_from(prog.func[g], g, blank_state())
         self._vm_resume_points()
-        return WalkResult(self.cfi, self.warnings, self.visited)
+        return WalkResult(self.cfi, self.warnings, self.visited,
+                          [*self.intern.values(), *self.hints.values()])
 
     def _vm_resume_points(self) -> None:
         """After VMLAUNCH/VMRESUME succeeds, the CPU comes back at the VMCS host RIP: a
@@ -156,10 +167,8 @@ class Walker:
                         self._walk_from(fi, lg, st)
 
     def _walk_from(self, func: int, g: int, state: list[int]) -> None:
-        try:
+        with contextlib.suppress(_Abort):
             self._walk(func, g, state)
-        except _Abort:
-            pass
 
     # -- the walk ----------------------------------------------------------
     def _snap(self, state: list[int]) -> tuple[int, ...]:
@@ -174,40 +183,53 @@ class Walker:
         dead_end, ignore_alts = prog.dead_end, prog.ignore_alts
         hints, restores = self.hints, self.restore_insns
         user = prog.profile == "user"
-        stack: list[tuple[int, list[int], int]] = [(start, state0, 0)]
+        ignored, sec_of, c_file = self.ignored, prog.sec_of, self.c_file
+        # hints, restores and ignored instructions: one lookup for the common case
+        key = (len(hints), len(restores), len(ignored), id(ignored))
+        if self._marked is None or self._marked[0] != key:
+            self._marked = (key, set(hints) | restores | ignored)
+        marked = self._marked[1]
+        pushf = self.opts.uaccess
+        # (instruction, state, phase, section the validate_branch() call started in)
+        stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
         while stack:
-            g, state, phase = stack.pop()
+            g, state, phase, wsec = stack.pop()
             snap: tuple[int, ...] | None = None
             if g < 0:
                 # the virtual NOP standing for an empty replacement
-                grp = groups[-1 - g]
-                self._propagate(groups, -1 - g, 0, self._snap(state), prog.groups[grp.orig].first)
-                g = prog.next_same_sec(groups[grp.orig].last)
+                vgrp = groups[-1 - g]
+                self._propagate(groups, -1 - g, 0, self._snap(state), groups[vgrp.orig].first)
+                g = prog.next_same_sec(groups[vgrp.orig].last)
                 if g < 0:
                     continue
             while True:
                 if phase == 0:
                     fg = funcs[g]
-                    if (self.c_file and func >= 0 and fg >= 0
+                    if (c_file and func >= 0 and fg >= 0
                             and func != pfunc[fg].parent):
                         self.warn(-1, "falls-through-to-next-function",
                                   f"{pfunc[func].name}() falls through to next function "
                                   f"{pfunc[fg].name}()")
                         if prog.profile == "user":
                             break           # never carry one function's state into another
-                    elif (prog.profile == "user" and func >= 0 and fg >= 0 and g != start
+                    elif (user and func >= 0 and fg >= 0 and g != start
                           and func != pfunc[fg].parent and prog.off[g] == pfunc[fg].start):
                         break               # user: another function's entry is walked from there
+                    is_hint = False
+                    if g in marked:
+                        if func >= 0 and g in ignored:
+                            self.warn(g, "validating-ignored-function",
+                                      "BUG: why am I validating an ignored function?", sec=wsec)
+                        is_hint = g in hints or g in restores
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
-                    is_hint = g in hints or g in restores
                     if v & 3:
                         if not is_hint and not self._cfi_match(g, state):
                             return
                         if v & vbit:
                             break
                     if is_hint:
-                        h = self._restore(func, g) if g in restores else hints[g]
+                        h = self._restore(func, g, wsec) if g in restores else hints[g]
                         _load_cfi(state, h)
                         cfi_l[g] = h
                         snap = h
@@ -224,9 +246,9 @@ class Walker:
                     if alts and not ignore_alts[g]:
                         skip_orig = any(so for _, so in alts)
                         if not skip_orig:
-                            stack.append((g, list(state), 1))
+                            stack.append((g, list(state), 1, wsec))
                         for ag, _ in reversed(alts):
-                            stack.append((ag, list(state), 0))
+                            stack.append((ag, list(state), 0, sec_of[ag] if ag >= 0 else wsec))
                         break
                 if phase == 2:
                     phase = 0
@@ -237,7 +259,7 @@ class Walker:
                         if state[CFA_BASE] == UNDEFINED:
                             break
                         self.warn(-1, "unexpected-end-of-section",
-                                  f"{prog.section_name(prog.sec_of[g])}: unexpected end of section")
+                                  f"{prog.section_name(wsec)}: unexpected end of section")
                     g = nxt
                     continue
                 phase = 0
@@ -247,6 +269,8 @@ class Walker:
                 if ops is not None:
                     for op in ops:
                         update_cfi(self, g, state, op)
+                    if pushf and g in alt_group:
+                        self._pushf(g, state, ops)
                     snap = None
                 if user and user_after(self, g, state, base0):
                     snap = None
@@ -258,7 +282,7 @@ class Walker:
                     if (self.opts.stackval and func >= 0 and not self._fentry(g)
                             and not _valid_frame(state)):
                         self.warn(g, "call-without-frame-pointer",
-                                  "call without frame pointer save/setup", fatal=False)
+                                  "call without frame pointer save/setup", fatal=False, sec=wsec)
                     if k == d.CALL and is_noreturn(prog, call_dest[g]):
                         break
                 elif k == d.JUMP_COND or k == d.JUMP_UNCOND:
@@ -266,8 +290,9 @@ class Walker:
                         self._validate_sibling(g, state)
                     elif jump_dest[g] >= 0:
                         if k == d.JUMP_COND:
-                            stack.append((g, list(state), 2))
+                            stack.append((g, list(state), 2, wsec))
                         g = jump_dest[g]
+                        wsec = sec_of[g]
                         continue
                     if k == d.JUMP_UNCOND:
                         break
@@ -279,10 +304,10 @@ class Walker:
                 elif k == d.CONTEXT_SWITCH:
                     if func >= 0 and not self._next_is_hint(g):
                         self.warn(g, "unsupported-instruction-in-callable",
-                                  "unsupported instruction in callable function")
+                                  "unsupported instruction in callable function", sec=wsec)
                     break
                 elif k == d.STAC or k == d.CLAC or k == d.STD or k == d.CLD:
-                    self._flag_insn(func, g, k, state)
+                    self._flag_insn(func, g, k, state, wsec)
                 if dead_end[g]:
                     break
                 nxt = self._next(g, state)
@@ -290,7 +315,7 @@ class Walker:
                     if state[CFA_BASE] == UNDEFINED:
                         break
                     self.warn(-1, "unexpected-end-of-section",
-                              f"{prog.section_name(prog.sec_of[g])}: unexpected end of section")
+                              f"{prog.section_name(wsec)}: unexpected end of section")
                 g = nxt
 
     def _next(self, g: int, state: list[int]) -> int:
@@ -317,20 +342,38 @@ class Walker:
             self.warn(g, "stack-layout-conflict-in-alternatives",
                       "stack layout conflict in alternatives")
 
-    def _restore(self, func: int, g: int) -> tuple[int, ...]:
+    def _pushf(self, g: int, state: list[int], ops: tuple[d.StackOp, ...]) -> None:
+        """objtool keeps AC across PUSHF/POPF inside alternatives on a 32-bit stack."""
+        for op in ops:
+            if op[0] == d.D_PUSHF:
+                us = state[UACCESS_STACK]
+                if not us:
+                    us = 1
+                elif us >> 31:
+                    self.warn(g, "pushf-stack-exhausted", "PUSHF stack exhausted")
+                state[UACCESS_STACK] = (us << 1 | state[UACCESS]) & 0xFFFFFFFF
+            if op[3] == d.S_POPF and state[UACCESS_STACK]:
+                us = state[UACCESS_STACK]
+                state[UACCESS] = us & 1
+                us >>= 1
+                state[UACCESS_STACK] = 0 if us == 1 else us
+
+    def _restore(self, func: int, g: int, wsec: int) -> tuple[int, ...]:
         prog = self.prog
         i = g - 1
         while i >= 0 and prog.func[i] == func and prog.sec_of[i] == prog.sec_of[g]:
             if i in self.save_insns:
                 c = self.cfi[i]
                 if c is None:
-                    self.warn(g, "cfi-save-restore-unsupported",
-                              "objtool isn't smart enough to handle this CFI save/restore combo")
-                assert c is not None
+                    self.warn(g, "cfi-save-restore-combo",
+                              "objtool isn't smart enough to handle this CFI save/restore combo",
+                              sec=wsec)
+                    raise _Abort        # (no state to go on with, whatever the profile)
                 return c
             i -= 1
-        self.warn(g, "no-cfi-save-for-restore", "no corresponding CFI save for CFI restore")
-        raise AssertionError
+        self.warn(g, "no-cfi-save-for-restore", "no corresponding CFI save for CFI restore",
+                  sec=wsec)
+        raise _Abort
 
     def _next_is_hint(self, g: int) -> bool:
         n = self.prog.next_same_sec(g)
@@ -373,7 +416,8 @@ class Walker:
         if self.opts.uaccess:
             safe = self._uaccess_safe(func)
             if state[UACCESS] and not safe:
-                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled", fatal=False)
+                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled",
+                          fatal=False)
             if not state[UACCESS] and safe:
                 self.warn(g, "return-with-uaccess-disabled",
                           "return with UACCESS disabled from a UACCESS-safe function", fatal=False)
@@ -388,7 +432,8 @@ class Walker:
         cd = self.prog.call_dest[g]
         name = cd.name if cd is not None else "{dynamic}"
         if self.opts.uaccess and state[UACCESS] and not self._uaccess_safe_sym(name):
-            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled", fatal=False)
+            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled",
+                      fatal=False)
         if state[DF]:
             self.warn(g, "call-with-df-set", f"call to {name}() with DF set", fatal=False)
 
@@ -403,7 +448,8 @@ class Walker:
             return
         if _modified_frame(state):
             self.warn(g, "sibling-call-modified-frame",
-                      "sibling call from callable instruction with modified stack frame", fatal=False)
+                      "sibling call from callable instruction with modified stack frame",
+                      fatal=False)
         self._validate_call(g, state)
 
     def _uaccess_safe(self, func: int) -> bool:
@@ -413,26 +459,29 @@ class Walker:
         from framevet.uaccess import UACCESS_SAFE
         return name in UACCESS_SAFE
 
-    def _flag_insn(self, func: int, g: int, k: int, state: list[int]) -> None:
+    def _flag_insn(self, func: int, g: int, k: int, state: list[int], wsec: int) -> None:
         if k == d.STD:
             if state[DF]:
-                self.warn(g, "recursive-std", "recursive STD", fatal=False)
+                self.warn(g, "recursive-std", "recursive STD", fatal=False, sec=wsec)
             state[DF] = 1
         elif k == d.CLD:
             if not state[DF] and func >= 0:
-                self.warn(g, "redundant-cld", "redundant CLD", fatal=False)
+                self.warn(g, "redundant-cld", "redundant CLD", fatal=False, sec=wsec)
             state[DF] = 0
         elif not self.opts.uaccess:
             return
         elif k == d.STAC:
             if state[UACCESS]:
-                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable", fatal=False)
+                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable",
+                          fatal=False, sec=wsec)
             state[UACCESS] = 1
         else:
             if not state[UACCESS] and func >= 0:
-                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable", fatal=False)
+                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable",
+                          fatal=False, sec=wsec)
             if self._uaccess_safe(func) and not state[UACCESS_STACK]:
-                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS", fatal=False)
+                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS",
+                          fatal=False, sec=wsec)
             state[UACCESS] = 0
 
 def _modified_frame(s: list[int]) -> bool:

@@ -11,6 +11,12 @@ longer has is inferred here from what the link keeps:
 * a ``call`` to a local label (RSB stuffing) is an intra-function call: a jump
   that keeps its push;
 * a ``.cold`` part's parent is looked up in the same source file first.
+
+An unlinked kernel object is read the way objtool 6.1 reads it (``strict``): a
+decode or annotation problem that makes objtool abandon the file is recorded as
+a fatal :class:`Problem` (and no ORC is generated for the object), in the order
+objtool's ``decode_sections()`` would meet it; the analysis keeps going where it
+safely can.
 """
 
 from __future__ import annotations
@@ -34,9 +40,25 @@ from framevet.noreturn import is_noreturn as is_noreturn
 from framevet.noreturn import is_sibling_call as is_sibling_call
 
 SKIP_ORC_SECTIONS = (".altinstr_replacement", ".altinstr_aux")
-X86_FEATURE_POPCNT = 4 * 32 + 23
-X86_FEATURE_SMAP = 9 * 32 + 20
 BUGFLAG_WARNING = 1
+
+# objtool's reading phases, in order: a problem's phase orders it among the others
+(P_ELF, P_DECODE, P_IGNORES, P_IGNORE_ALTS, P_NOENDBR, P_SPECIAL, P_JUMPS, P_INTRA, P_CALLS,
+ P_DEAD_ENDS, P_JUMP_TABLES, P_HINTS, P_RETPOLINE, P_INSTR) = range(14)
+
+
+@dataclass(slots=True)
+class Problem:
+    """Something objtool reports while reading the file (before any walk)."""
+
+    rule: str
+    message: str
+    #: where: (section index, offset); section -1 for objtool's plain messages
+    sec: int = -1
+    off: int = 0
+    #: objtool abandons the file here (kernel profile only)
+    fatal: bool = False
+    phase: int = 0
 
 
 @dataclass
@@ -105,6 +127,34 @@ class Program:
     ignore_unreachables: bool = False
     secmap: dict[int, DecodedSection] = field(default_factory=dict)
     noreturn_cache: dict[int, bool] = field(default_factory=dict)
+    #: decode/annotation problems in objtool's order (``notes`` is the legacy form)
+    problems: list[Problem] = field(default_factory=list)
+    phase: int = P_ELF
+    #: an unlinked kernel object: objtool's rules for what aborts the file apply as they
+    #: are (a linked module has lost the annotations they depend on)
+    strict: bool = False
+    #: ``--uaccess``: the SMAP alternative is walked instead of the original
+    uaccess: bool = False
+    #: objtool's insn->ignore: STACK_FRAME_NON_STANDARD functions, ignored replacements
+    ignored: set[int] = field(default_factory=set)
+    #: ANNOTATE_RETPOLINE_SAFE instructions
+    retpoline_safe: set[int] = field(default_factory=set)
+    #: unwind hints: gid -> CFI tuple, and the SAVE/RESTORE instructions
+    hint_cfi: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    hint_save: set[int] = field(default_factory=set)
+    hint_restore: set[int] = field(default_factory=set)
+
+    def problem(self, rule: str, message: str, g: int = -1, at: tuple[int, int] | None = None,
+                fatal: bool = False) -> None:
+        """Record a problem at instruction ``g``, at ``(section, offset)`` or nowhere."""
+        sec, off = (self.sec_of[g], self.off[g]) if g >= 0 else at or (-1, 0)
+        self.problems.append(Problem(rule, message, sec, off,
+                                     fatal and self.profile == "kernel", self.phase))
+
+    @property
+    def aborted(self) -> Problem | None:
+        """The first problem on which objtool abandons the file, if any."""
+        return next((p for p in self.problems if p.fatal), None)
 
     def gid(self, sec: int, off: int) -> int:
         ds = self.secmap.get(sec)
@@ -140,8 +190,13 @@ class Program:
         return out
 
 
-def build(elf: ElfObject, profile: str = "kernel") -> Program:
-    """Decode every executable section of ``elf`` and resolve its control flow."""
+def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False) -> Program:
+    """Decode every executable section of ``elf`` and resolve its control flow, reading
+    objtool's annotations in objtool's order."""
+    from framevet import annotations as ann
+    from framevet.jumptable import add_jump_tables
+    from framevet.special import add_special_alts
+
     syms_by_sec = elf.symbols_by_section()
     decoded: list[DecodedSection] = []
     for sec in elf.sections:
@@ -171,22 +226,44 @@ def build(elf: ElfObject, profile: str = "kernel") -> Program:
                    [], profile=profile)
     prog.secmap = {ds.index: ds for ds in decoded}
     prog.sec_last = bytearray(n)
+    prog.strict = profile == "kernel" and elf.section(".gnu.linkonce.this_module") is None
+    prog.uaccess = uaccess
     for ds in decoded:
         b = base[ds.index]
         if len(ds):
             prog.sec_last[b + len(ds) - 1] = 1
         prog.cs_writes.update({b + i: m for i, m in ds.cs_writes.items()})
         prog.stack_stores.extend(b + i for i in ds.stack_stores)
-    _functions(prog, syms_by_sec)
-    _special_sections(prog)
+    missing_start = _functions(prog, syms_by_sec)
+    prog.phase = P_DECODE
+    for ds in decoded:      # objtool decodes a section, then finds its functions' starts
+        for _, rule, msg, fatal in ds.problems:
+            prog.problem(rule, msg, fatal=fatal)
+        for name in missing_start.get(ds.index, ()):
+            prog.problem("missing-function-start", f"{name}(): can't find starting instruction",
+                         fatal=True)
+    ann.read_ignores(prog)
+    ann.read_ignore_alts(prog)
+    ann.read_noendbr(prog)
+    prog.phase = P_SPECIAL
+    add_special_alts(prog, target)
+    prog.phase = P_JUMPS
     _jump_destinations(prog, target)
+    ann.read_intra_function_calls(prog, target)
+    prog.phase = P_CALLS
     _call_destinations(prog, target)
     _dead_ends(prog)
+    ann.read_dead_ends(prog)
     if profile == "user":
         _user_fixups(prog)
-    from framevet.jumptable import add_jump_tables
-
+    prog.phase = P_JUMP_TABLES
     add_jump_tables(prog)
+    for g, msg in prog.notes:       # jumptable.py reports in the legacy form
+        prog.problem("switch-jump-table-missing" if "jump table" in msg else "decode-problem",
+                     msg, g, fatal=True)
+    ann.read_unwind_hints(prog)
+    ann.read_retpoline_hints(prog)
+    ann.read_instr_hints(prog)
     return prog
 
 
@@ -240,7 +317,9 @@ def _iret_probe(funcs: list[Symbol]) -> object:
     return inside
 
 
-def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> None:
+def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> dict[int, list[str]]:
+    """Function symbols, aliases and ``.cold`` links; returns, per section, the functions
+    that do not start at an instruction."""
     elf = prog.elf
     file_group: dict[int, int] = {}
     group = 0
@@ -279,6 +358,9 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> None:
             continue
         cands = by_name.get(f.name[:cut], [])
         if not cands:
+            if prog.profile == "kernel" and not any(s.name == f.name[:cut] for s in elf.symbols):
+                prog.problem("cold-without-parent", f"{f.name}(): can't find parent function",
+                             fatal=True)
             continue
         same_file = [c for c in cands if funcs[c].file_group == f.file_group]
         p = (same_file or cands)[0]
@@ -291,21 +373,19 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> None:
         _user_sizes(prog, funcs, syms_by_sec)
     prog.functions = funcs
     func = prog.func
+    missing: dict[int, list[str]] = {}
     for i, f in enumerate(funcs):
         if not f.canonical:
             continue
         g = prog.gid(f.sec, f.start)
         if g < 0:
             if f.start < prog.elf.sections[f.sec].size:
-                prog.notes.append((-1, f"{f.name}(): can't find starting instruction"))
+                missing.setdefault(f.sec, []).append(f.name)
             continue
         while g >= 0 and prog.off[g] < f.end:
             func[g] = i
             g = prog.next_same_sec(g)
-
-
-def _read_s32(data: bytes, off: int) -> int:
-    return int(struct.unpack_from("<i", data, off)[0])
+    return missing
 
 
 def _reloc_target(prog: Program, sec_index: int, off: int) -> tuple[int, int] | None:
@@ -319,104 +399,17 @@ def _reloc_target(prog: Program, sec_index: int, off: int) -> tuple[int, int] | 
     return sym.shndx, sym.offset + r.addend
 
 
-def _special_sections(prog: Program) -> None:
-    elf = prog.elf
-    for name, size in ((".altinstructions", 12), ("__jump_table", 16), ("__ex_table", 12)):
-        sec = elf.section(name)
-        if sec is None or not sec.data or sec.size % size:
-            if sec is not None and sec.size % size:
-                prog.notes.append((-1, f"{name} size not a multiple of {size}"))
-            continue
-        for e in range(0, sec.size, size):
-            orig = _reloc_target(prog, sec.index, e)
-            new = _reloc_target(prog, sec.index, e + 4)
-            if orig is None or new is None:
-                continue
-            og = prog.gid(*orig)
-            if og < 0:
-                continue
-            if name == ".altinstructions":
-                feature = struct.unpack_from("<H", sec.data, e + 8)[0]
-                orig_len, new_len = sec.data[e + 10], sec.data[e + 11]
-                _group_alt(prog, og, orig, new, orig_len, new_len, feature)
-            elif name == "__jump_table":
-                ng = prog.gid(*new)
-                if prog.kind[og] == d.JUMP_UNCOND:
-                    ng = prog.next_same_sec(og)
-                elif prog.kind[og] != d.NOP:
-                    prog.notes.append((og, "unsupported instruction at jump label"))
-                    continue
-                if ng >= 0:
-                    prog.alts.setdefault(og, []).append((ng, False))
-            else:
-                ng = prog.gid(*new)
-                if ng >= 0:
-                    prog.alts.setdefault(og, []).append((ng, False))
-
-
-def _group_alt(prog: Program, og: int, orig: tuple[int, int], new: tuple[int, int],
-               orig_len: int, new_len: int, feature: int) -> None:
-    """One ``.altinstructions`` entry.  Like objtool, every entry gets a fresh
-    group for the original instructions: with ALTERNATIVE_2 only the last
-    replacement shares the per-byte state array that ORC is generated from."""
-    if not orig_len:
-        prog.notes.append((og, "empty alternative entry"))
-        return
-    skip_orig = feature == X86_FEATURE_POPCNT
-    skip_alt = feature == X86_FEATURE_SMAP
-    last = og
-    g = og
-    while g >= 0 and prog.off[g] < orig[1] + orig_len:
-        last = g
-        g = prog.next_same_sec(g)
-    ogroup = len(prog.groups)
-    prog.groups.append(AltGroup(og, last, -1, orig_len, [None] * orig_len))
-    for g in range(og, last + 1):
-        prog.alt_group[g] = ogroup
-    func = prog.func[og]
-    if new_len:
-        ng = prog.gid(*new)
-        if ng < 0:
-            prog.notes.append((og, "special: can't find new instruction"))
-            return
-        nlast = ng
-        g = ng
-        while g >= 0 and prog.off[g] < new[1] + new_len:
-            nlast = g
-            g = prog.next_same_sec(g)
-        target = ng
-    else:
-        nlast = -1
-        target = -1
-    ngroup = len(prog.groups)
-    prog.groups.append(AltGroup(target, nlast, ogroup, new_len, prog.groups[ogroup].cfi))
-    for g in range(target, nlast + 1) if target >= 0 else ():
-        prog.alt_group[g] = ngroup
-        prog.func[g] = func
-    if skip_alt:
-        prog.ignore_alts[og] = 1
-    # an empty replacement is a virtual NOP: encoded as -1 - group
-    prog.alts.setdefault(og, []).append((target if target >= 0 else -1 - ngroup, skip_orig))
-
-
 def _jump_destinations(prog: Program, target: list[int]) -> None:
     elf = prog.elf
     syms = elf.symbols
     kind = prog.kind
     for g, k in enumerate(kind):
-        if k != d.JUMP_COND and k != d.JUMP_UNCOND:
-            continue
+        if k != d.JUMP_COND and k != d.JUMP_UNCOND or prog.jump_dest[g] >= 0:
+            continue        # (a replacement's jump to its end already points past the original)
         sec = prog.sec_of[g]
         r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
         if r is None:
             dest_sec, dest_off = _direct_target(prog, sec, target[g])
-            grp = prog.alt_group.get(g)
-            if grp is not None and prog.groups[grp].orig >= 0:
-                ng = prog.groups[grp]
-                if dest_off == prog.off[ng.first] + ng.size:
-                    og = prog.groups[ng.orig]
-                    prog.jump_dest[g] = prog.next_same_sec(og.last)
-                    continue
         else:
             sym = syms[r.sym]
             if sym.type == STT_SECTION:
@@ -438,9 +431,11 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
             else:
                 continue
         dg = prog.gid(dest_sec, dest_off)
+        if dg < 0 and prog.profile == "user":
+            dg = _past_prefixes(prog, dest_sec, dest_off)
         if dg < 0:
-            prog.notes.append((g, f"can't find jump dest instruction at "
-                                  f"{prog.section_name(dest_sec)}+0x{dest_off:x}"))
+            prog.problem("jump-dest-missing", f"can't find jump dest instruction at "
+                         f"{prog.section_name(dest_sec)}+0x{dest_off:x}", g, fatal=True)
             continue
         fi, fd = prog.func[g], prog.func[dg]
         if fi >= 0 and fd >= 0 and fi != fd:
@@ -455,17 +450,26 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
 
 
 def _call_destinations(prog: Program, target: list[int]) -> None:
+    """objtool's add_call_destinations().  In a strict (unlinked kernel) object a call
+    to no sized symbol is an unannotated intra-function call and a call from a function
+    to a non-function symbol is refused, both fatal; framevet then goes on treating the
+    first as a call to the unsized symbol (or a jump that keeps its push, for a label)."""
     elf = prog.elf
     syms = elf.symbols
     kind = prog.kind
+    strict, ignored = prog.strict, prog.ignored
     func_at: dict[tuple[int, int], Symbol] = {}
     any_at: dict[tuple[int, int], Symbol] = {}
+    named_at: dict[tuple[int, int], Symbol] = {}
     for f in prog.functions:
         if f.canonical:
             func_at.setdefault((f.sec, f.start), f.sym)
     for s in syms:
-        if s.defined and s.type not in (STT_SECTION, STT_FILE) and s.size:
-            any_at.setdefault((s.shndx, s.offset), s)
+        if s.defined and s.type not in (STT_SECTION, STT_FILE):
+            if s.size:
+                any_at.setdefault((s.shndx, s.offset), s)
+            elif strict:
+                named_at.setdefault((s.shndx, s.offset), s)
     for g, k in enumerate(kind):
         if k != d.CALL:
             continue
@@ -475,20 +479,30 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
         if r is None:
             key = _direct_target(prog, sec, target[g])
             dest = func_at.get(key) or any_at.get(key)
+            checked = strict and g not in ignored
             if dest is None:
-                _intra_function_call(prog, g, *key)
-                continue
+                if checked:
+                    prog.problem("unannotated-intra-function-call",
+                                 "unannotated intra-function call", g, fatal=True)
+                    dest = named_at.get(key)
+                if dest is None:
+                    _intra_function_call(prog, g, *key)
+                    continue
+            elif checked and prog.func[g] >= 0 and dest.type != STT_FUNC:
+                prog.problem("unsupported-call-to-non-function",
+                             "unsupported call to non-function", g, fatal=True)
         else:
             sym = syms[r.sym]
             if sym.type == STT_SECTION:
                 key = (sym.shndx, r.addend + 4)
                 dest = func_at.get(key) or any_at.get(key)
                 if dest is None:
-                    if (sym.shndx == sec and prog.gid(sec, r.addend + 4) >= 0):
+                    if not strict and sym.shndx == sec and prog.gid(sec, r.addend + 4) >= 0:
                         _intra_function_call(prog, g, sec, r.addend + 4)
                         continue
-                    prog.notes.append((g, f"can't find call dest symbol at "
-                                          f"{prog.section_name(sym.shndx)}+0x{r.addend + 4:x}"))
+                    prog.problem("call-dest-missing", f"can't find call dest symbol at "
+                                 f"{prog.section_name(sym.shndx)}+0x{r.addend + 4:x}", g,
+                                 fatal=True)
                     continue
             elif sym.name.startswith("__x86_indirect_"):
                 kind[g] = d.CALL_DYNAMIC
@@ -499,6 +513,27 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
                 dest = sym
         prog.call_dest[g] = dest
         prog.ops[g] = None
+
+
+_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
+
+
+def _past_prefixes(prog: Program, sec: int, off: int) -> int:
+    """glibc's single-thread fast path jumps over a ``lock`` prefix into the middle
+    of the instruction: the target is that instruction, minus its prefixes."""
+    ds = prog.secmap.get(sec)
+    if ds is None:
+        return -1
+    from bisect import bisect_right
+
+    i = bisect_right(ds.off, off) - 1
+    if i < 0:
+        return -1
+    start = ds.off[i]
+    data = prog.elf.sections[sec].data
+    if start < off < start + ds.length[i] and all(b in _PREFIXES for b in data[start:off]):
+        return prog.base[sec] + i
+    return -1
 
 
 def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:
@@ -520,7 +555,9 @@ def _intra_function_call(prog: Program, g: int, sec: int, dest_off: int) -> None
     """A call to a local label: a jump that keeps its push (objtool needs an annotation)."""
     dg = prog.gid(sec, dest_off)
     if dg < 0:
-        prog.notes.append((g, "unannotated intra-function call"))
+        if not prog.strict:     # (strict: already reported)
+            prog.problem("unannotated-intra-function-call", "unannotated intra-function call", g,
+                         fatal=True)
         return
     prog.kind[g] = d.JUMP_UNCOND
     prog.jump_dest[g] = dg

@@ -58,7 +58,7 @@ for _n, _i in (("AH", 4), ("CH", 5), ("DH", 6), ("BH", 7)):
 (C_ADDSUB_REG, C_PUSH_REG, C_POP_REG, C_PUSH_CONST, C_JCC, C_ARITH_IMM, C_MOV_STORE,
  C_MOV_LOAD, C_LEA, C_POP_MEM, C_NOP, C_PUSHF, C_POPF, C_CLAC, C_STAC, C_CTX, C_BUG,
  C_ENDBR, C_LEAVE, C_TRAP, C_JMP, C_RET, C_IRET, C_CALL, C_CLD, C_STD, C_CALL_DYN,
- C_JMP_DYN) = range(1, 29)
+ C_JMP_DYN, C_ENQCMD) = range(1, 30)
 
 
 def _codes(*names: str) -> list[int]:
@@ -113,6 +113,7 @@ def _build_table() -> dict[int, int]:
     put(C_STD, _codes("STD"))
     put(C_CALL_DYN, _codes("CALL_RM64", "CALL_M1616", "CALL_M1632", "CALL_M1664"))
     put(C_JMP_DYN, _codes("JMP_RM64"))
+    put(C_ENQCMD, _codes("ENQCMD_R64_M512"))
     return t
 
 
@@ -191,6 +192,8 @@ class DecodedSection:
     at: dict[int, int] = field(default_factory=dict)
     #: offsets iced could not decode (objtool: "can't decode instruction")
     invalid: list[int] = field(default_factory=list)
+    #: what objtool's decoder prints, in offset order: (offset, rule id, message, fatal)
+    problems: list[tuple[int, str, str, bool]] = field(default_factory=list)
     #: instruction numbers of VMLAUNCH/VMRESUME: execution resumes at the VMCS host RIP
     vm_entries: list[int] = field(default_factory=list)
     #: instruction number -> bit mask of callee-saved registers it may write (an
@@ -249,6 +252,7 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
         if cat is None:
             if code == invalid_code:
                 ds.invalid.append(ip)
+                ds.problems.append(_invalid(name, data, ip))
             elif code == vm_launch or code == vm_resume:
                 ds.vm_entries.append(len(kind_l))
             kind_l.append(OTHER)
@@ -294,11 +298,42 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
             ops = _mov_load(ins)
         elif cat == C_LEA:
             ops = _lea(ins)
+        elif cat == C_CALL_DYN or cat == C_JMP_DYN:
+            if 0x3E in _prefixes(data, ip):
+                ds.problems.append((ip, "notrack-prefix",
+                                    f"notrack prefix found at {name}:0x{ip:x}", False))
+        elif cat == C_ENQCMD:
+            if _prefixes(data, ip) == b"\xf2":
+                ds.problems.append((ip, "enqcmd-instruction",
+                                    f"ENQCMD instruction at {name}:{ip:x}", False))
         kind_l.append(kind)
         ops_l.append(ops)
         tgt_l.append(tgt)
     ds.at = {o: i for i, o in enumerate(off_l)}
     return ds
+
+
+_LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
+
+
+def _prefixes(data: bytes, ip: int) -> bytes:
+    """The legacy prefix bytes of the instruction at ``ip`` (objtool's insn.prefixes)."""
+    end = ip
+    while end < len(data) and data[end] in _LEGACY_PREFIXES:
+        end += 1
+    return data[ip:end]
+
+
+def _invalid(name: str, data: bytes, ip: int) -> tuple[int, str, str, bool]:
+    """What objtool makes of bytes iced rejects.  Its decoder accepts ``lea`` with a
+    register operand (ModRM.mod = 3, #UD on real hardware) and only warns; anything
+    else is "can't decode instruction", which aborts the file."""
+    i = ip + len(_prefixes(data, ip))
+    if i < len(data) and 0x40 <= data[i] <= 0x4F:
+        i += 1
+    if i + 1 < len(data) and data[i] == 0x8D and data[i + 1] >> 6 == 3:
+        return (ip, "invalid-lea-encoding", f"invalid LEA encoding at {name}:0x{ip:x}", False)
+    return (ip, "undecodable-instruction", f"can't decode instruction at {name}:0x{ip:x}", True)
 
 
 def _arith_imm(ins: iced_x86.Instruction) -> tuple[StackOp, ...] | None:

@@ -2,7 +2,8 @@
 
 An unlinked object may still carry objtool's annotations (unwind hints,
 (un)reachable marks, intra-function calls, STACK_FRAME_NON_STANDARD, retpoline
-safe marks); they are honoured exactly as objtool does.  A linked module has
+safe marks); :mod:`framevet.annotations` reads them while the program is built,
+exactly as objtool does, and they are collected here.  A linked module has
 lost them, and hand-written code may never have had them: the sidecar
 (``--hints FILE``, default ``framevet.toml`` beside the input) declares the same
 facts without touching the source (design §6)::
@@ -31,30 +32,19 @@ from typing import Any
 from framevet import decode as d
 from framevet.cfg import Program
 from framevet.errors import InputError
-from framevet.load.elf import STT_FUNC, STT_SECTION
 from framevet.load.inputs import LoadedObject
 from framevet.state import (
-    CFA_BASE,
     CFA_OFF,
-    END,
     REGS,
     STACK,
     STATE_LEN,
     T_CALL,
-    T_ENTRY,
-    T_FUNC,
     T_REGS,
     T_REGS_PARTIAL,
-    T_RESTORE,
-    T_SAVE,
     TYPE,
-    UNDEFINED,
-    blank_state,
     func_entry_state,
 )
 
-#: ORC register numbers in hints -> CFA base
-_HINT_REG = {0: UNDEFINED, 5: d.SP, 4: d.BP, 9: -3, 6: d.R10, 7: d.R13, 3: d.DI, 2: d.DX}
 REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}
 
 
@@ -95,55 +85,13 @@ def read_hints(obj: LoadedObject, prog: Program, sidecar: str | None = None) -> 
     return h
 
 
-def _targets(prog: Program, name: str) -> list[tuple[int, int]]:
-    """(section, offset) each relocation of ``.rela<name>`` points at."""
-    elf = prog.elf
-    sec = elf.section(name)
-    if sec is None:
-        return []
-    out = []
-    for r in elf.relocs.get(sec.index, []):
-        sym = elf.symbols[r.sym]
-        if sym.defined:
-            out.append((sym.shndx, sym.offset + r.addend, r.offset))
-    return [(a, b) for a, b, _ in sorted(out, key=lambda t: t[2])]
-
-
 def _discard_sections(prog: Program, h: Hints) -> None:
-    elf = prog.elf
-    for sec, off in _targets(prog, ".discard.unreachable"):
-        g = prog.gid(sec, off)
-        g = prog.prev_same_sec(g) if g >= 0 else prog.gid(sec, _last_off(prog, sec))
-        if g >= 0:
-            prog.dead_end[g] = 1
-    for sec, off in _targets(prog, ".discard.reachable"):
-        g = prog.gid(sec, off)
-        g = prog.prev_same_sec(g) if g >= 0 else -1
-        if g >= 0:
-            prog.dead_end[g] = 0
-    for sec, off in _targets(prog, ".discard.intra_function_calls"):
-        g = prog.gid(sec, off)
-        if g >= 0 and prog.kind[g] in (d.CALL, d.JUMP_UNCOND):
-            dest = prog.gid(sec, prog.off[g] + prog.length[g] + _rel32(prog, g))
-            if dest >= 0:
-                prog.kind[g] = d.JUMP_UNCOND
-                prog.jump_dest[g] = dest
-                prog.call_dest[g] = None
-                prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
-                prog.intra_calls.add(g)
-    for sec, off in _targets(prog, ".discard.retpoline_safe"):
-        g = prog.gid(sec, off)
-        if g >= 0:
-            h.retpoline_safe.add(g)
-    fs = elf.section(".discard.func_stack_frame_non_standard")
-    if fs is not None:
-        for r in elf.relocs.get(fs.index, []):
-            sym = elf.symbols[r.sym]
-            off = sym.offset + (r.addend if sym.type == STT_SECTION else 0)
-            g = prog.gid(sym.shndx, off)
-            if g >= 0 and prog.func[g] >= 0 and (sym.type in (STT_FUNC, STT_SECTION)):
-                h.ignored_gids.update(prog.func_insns(prog.func[g]))
-    _unwind_hints(prog, h)
+    """What :func:`cfg.build` read from objtool's annotations (framevet.annotations)."""
+    h.cfi.update(prog.hint_cfi)
+    h.save.update(prog.hint_save)
+    h.restore.update(prog.hint_restore)
+    h.ignored_gids = prog.ignored
+    h.retpoline_safe.update(prog.retpoline_safe)
     _paravirt_sites(prog, h)
 
 
@@ -151,48 +99,6 @@ def _rel32(prog: Program, g: int) -> int:
     data = prog.elf.sections[prog.sec_of[g]].data
     end = prog.off[g] + prog.length[g]
     return int(struct.unpack_from("<i", data, end - 4)[0])
-
-
-def _last_off(prog: Program, sec: int) -> int:
-    ds = prog.secmap.get(sec)
-    return ds.off[-1] if ds is not None and len(ds) else -1
-
-
-def _unwind_hints(prog: Program, h: Hints) -> None:
-    elf = prog.elf
-    sec = elf.section(".discard.unwind_hints")
-    if sec is None or not sec.data:
-        return
-    func_cfi = _key(func_entry_state())
-    cfi = blank_state()
-    for i in range(len(sec.data) // 12):
-        r = elf.reloc_at(sec.index, 12 * i)
-        if r is None:
-            raise InputError(elf.path, f"can't find reloc for unwind_hints[{i}]")
-        sym = elf.symbols[r.sym]
-        g = prog.gid(sym.shndx, sym.offset + r.addend)
-        if g < 0:
-            raise InputError(elf.path, f"can't find insn for unwind_hints[{i}]")
-        sp_off, sp_reg, typ, end = struct.unpack_from("<hBBB", sec.data, 12 * i + 4)
-        if typ == T_SAVE:
-            h.save.add(g)
-            continue
-        if typ == T_RESTORE:
-            h.restore.add(g)
-            continue
-        if typ == T_ENTRY:
-            typ = T_CALL
-        if typ == T_FUNC:
-            h.cfi[g] = func_cfi
-            continue
-        base = _HINT_REG.get(sp_reg)
-        if base is None:
-            raise InputError(elf.path, f"unsupported unwind_hint sp base reg {sp_reg}")
-        cfi[CFA_BASE] = base
-        cfi[CFA_OFF] = sp_off
-        cfi[TYPE] = typ
-        cfi[END] = end
-        h.cfi[g] = _key(cfi)
 
 
 def _sidecar(path: str, prog: Program, h: Hints) -> None:

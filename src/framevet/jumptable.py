@@ -135,12 +135,12 @@ def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
     i = next((k for k, r in enumerate(rels) if r.offset == toff), None)
     if i is None:
         return
-    prev = -1
+    prev = 0        # objtool's prev_offset: 0 also means "nothing yet", hence its quirk
     added = 0
     for r in rels[i:]:
         if r.offset != toff and (tsec, r.offset) in starts:
             break
-        if prev >= 0 and r.offset != prev + 8:
+        if prev and r.offset != prev + 8:
             break
         sym = elf.symbols[r.sym]
         if not sym.defined:
@@ -156,7 +156,7 @@ def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
         added += 1
     if added:
         prog.jump_table_insn.add(g)
-    else:
+    if not prev:    # (a one-entry table at offset 0 counts as empty)
         prog.notes.append((g, "can't find switch jump table"))
 
 

@@ -82,7 +82,58 @@ def entry_for(cfi: tuple[int, ...] | None, problems: list[str] | None = None) ->
 
 
 def generate(prog: Program, result: WalkResult) -> list[OrcRow]:
-    """ORC rows in objtool's order: sections in ELF order, entries where the state changes."""
+    """ORC rows in objtool's order: sections in ELF order, entries where the state changes.
+
+    None when objtool would write none: it abandoned the file (a fatal decode or
+    annotation problem), a CFA base cannot be encoded, or an unlinked object already
+    has an ``.orc_unwind`` section."""
+    if prog.aborted is not None or unknown_cfa_base(prog, result) is not None:
+        return []
+    rows = orc_rows(prog, result)
+    if rows and already_has_orc(prog):
+        return []
+    return rows
+
+
+def already_has_orc(prog: Program) -> bool:
+    """objtool refuses to add ORC twice ("file already has .orc_unwind section");
+    a linked module's own ORC is what framevet regenerates, so only unlinked ones."""
+    return prog.strict and prog.elf.section(".orc_unwind") is not None
+
+
+_ENCODABLE = frozenset(_CFA_TO_ORC) | {UNDEFINED}
+
+
+def unknown_cfa_base(prog: Program, result: WalkResult) -> tuple[int, int] | None:
+    """objtool's "unknown CFA base reg": (gid, base) of the first instruction in ORC
+    order whose CFA is based on a register ORC cannot name (e.g. DRAP in %rcx)."""
+    if all(c[CFA_BASE] in _ENCODABLE for c in result.states):
+        return None
+    cfi_l = result.cfi
+    for ds in prog.sections:
+        if ds.name in SKIP_ORC_SECTIONS or ds.name.startswith(".discard."):
+            continue
+        g = prog.base[ds.index]
+        stop = g + len(ds)
+        while g < stop:
+            grp = prog.alt_group.get(g)
+            if grp is None:
+                c = cfi_l[g]
+                if c is not None and c[CFA_BASE] not in _ENCODABLE:
+                    return g, c[CFA_BASE]
+                g += 1
+                continue
+            ag = prog.groups[grp]
+            arr: list[Any] = ag.cfi
+            for ac in arr:
+                if ac is not None and ac[CFA_BASE] not in _ENCODABLE:
+                    return g, int(ac[CFA_BASE])
+            g = ag.last + 1
+    return None
+
+
+def orc_rows(prog: Program, result: WalkResult) -> list[OrcRow]:
+    """The ORC rows of the walk, whether or not objtool would write them."""
     rows: list[OrcRow] = []
     cfi_l = result.cfi
     groups, alt_group = prog.groups, prog.alt_group

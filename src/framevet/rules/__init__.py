@@ -78,6 +78,7 @@ def _load() -> None:
         cfi,
         emulation,
         misaligned_call,
+        objtool_input,
         objtool_stack,
         retpoline,
         return_address,

@@ -100,10 +100,13 @@ register(Rule(
     "make replacement and original stack-neutral at the same offsets",
     objtool="stack layout conflict in alternatives", severity="error"))
 register(Rule(
-    "unannotated-intra-function-call", "call to a local label that is not an instruction",
-    "a call whose target is inside the function but not on an instruction boundary "
-    "(framevet infers real intra-function calls and follows them)",
-    "the pushed return address and its target cannot be tracked",
+    "unannotated-intra-function-call", "call to a place that is no function (fatal)",
+    "in an unlinked object: a call to a local label, or to a symbol without a size, that "
+    "is not annotated ANNOTATE_INTRA_FUNCTION_CALL; in a linked module (whose annotations "
+    "the link dropped) framevet infers the annotation and follows the call as a jump that "
+    "keeps its push, so only a call into the middle of an instruction is reported",
+    "objtool cannot tell whether the pushed return address is consumed: it abandons the whole "
+    "object (no ORC is written)",
     "call a function, or annotate ANNOTATE_INTRA_FUNCTION_CALL",
     objtool="unannotated intra-function call", severity="error"))
 register(Rule(
@@ -112,7 +115,7 @@ register(Rule(
     "the restored state is undefined", "pair every UNWIND_HINT_RESTORE with a SAVE",
     objtool="no corresponding CFI save for CFI restore", severity="error"))
 register(Rule(
-    "cfi-save-restore-unsupported", "UNWIND_HINT_RESTORE before its SAVE was reached",
+    "cfi-save-restore-combo", "UNWIND_HINT_RESTORE before its SAVE was reached",
     "the walk reaches a restore hint before the instruction holding the save",
     "the restored state is unknown at that point", "reorder the code or hints",
     objtool="objtool isn't smart enough to handle this CFI save/restore combo",

@@ -23,7 +23,7 @@ def check(ctx: Context) -> Iterator[Finding]:
             continue
         if g in prog.retpoline or g in prog.return_thunks or g in ctx.hints.retpoline_safe:
             continue
-        if prog.section_name(prog.sec_of[g]).startswith(".init.text"):
+        if not opts.module and prog.section_name(prog.sec_of[g]).startswith(".init.text"):
             continue
         if k == d.RETURN:
             if opts.rethunk:

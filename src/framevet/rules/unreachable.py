@@ -19,12 +19,13 @@ _SANITIZER_CALLS = ("__asan_handle_no_return", "__ubsan_handle_builtin_unreachab
 def check(ctx: Context) -> Iterator[Finding]:
     """Each run of unreachable instructions, reported at its first instruction.
 
-    objtool prints only the first, and only when the file had no other warning;
+    objtool prints only the first, and only when its retpoline checks and the walk
+    warned about nothing;
     framevet reports every run (the first is marked ``objtool: true``)."""
     prog, visited = ctx.prog, ctx.result.visited
     if prog.ignore_unreachables:
         return
-    first = not ctx.findings
+    first = not ctx.counted
     in_run = False
     for g in range(len(prog.off)):
         if visited[g] or _ignored(ctx, g):
