@@ -73,7 +73,9 @@ def main() -> int:
     rows = []
     for warn in sorted(glob.glob(os.path.join(CORPUS, "*.warn"))):
         ko = warn[:-5] + ".ko"
-        for line in open(warn).read().splitlines():
+        with open(warn) as fh:
+            lines = fh.read().splitlines()
+        for line in lines:
             m = LINE.match(line)
             if not m:
                 continue

@@ -74,15 +74,27 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     prog = build(obj.elf, options.profile, uaccess=options.uaccess)
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
-    walker = Walker(prog, WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
-                                      noinstr=options.noinstr,
-                                      all_warnings=options.all_warnings),
-                    hints.cfi, hints.save, hints.restore)
-    walker.ignored = hints.ignored_gids
-    walker.entry_funcs = {fi for fi, f in enumerate(prog.functions)
-                          if (dcl := hints.functions.get(f.name)) is not None
-                          and dcl.entry != "call"}
-    result = walker.run()
+    walk_opts = WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
+                            noinstr=options.noinstr, all_warnings=options.all_warnings)
+    entry_funcs = {fi for fi, f in enumerate(prog.functions)
+                   if (dcl := hints.functions.get(f.name)) is not None and dcl.entry != "call"}
+
+    def declare(w: Walker) -> None:
+        w.hints.update(hints.cfi)
+        w.save_insns |= hints.save
+        w.restore_insns |= hints.restore
+        w.ignored = hints.ignored_gids
+        w.entry_funcs = entry_funcs
+
+    if options.profile == "user":
+        # what static flow misses in user code: landing pads, computed jumps, padding
+        from framevet.cfatable import user_walk
+
+        result, _ = user_walk(prog, walk_opts, declare)
+    else:
+        walker = Walker(prog, walk_opts)
+        declare(walker)
+        result = walker.run()
     ctx = Context(obj, prog, result, options, SymbolIndex(obj.elf), hints)
     if options.orc_only:
         return ctx

@@ -119,7 +119,7 @@ def _options(args: argparse.Namespace) -> Any:
         unret=args.unret,
         disabled=frozenset(x for x in args.disable.split(",") if x),
         all_warnings=not args.objtool_only, hints_file=args.hints,
-        objtool_only=args.objtool_only)
+        objtool_only=args.objtool_only, module=args.module)
 
 
 def check_file(task: str | tuple[str, range], options: Any,
@@ -291,6 +291,8 @@ def cmd_orc(args: argparse.Namespace) -> int:
     ctx = analyse(obj, Options(profile=args.profile, all_warnings=False, hints_file=args.hints,
                                objtool_only=True, orc_only=True))
     rows = generate(ctx.prog, ctx.result)
+    if not rows and _orc_refused(ctx):
+        return EXIT_FINDINGS
     if args.dump:
         sys.stdout.write(dump_text(ctx.prog, rows))
     if args.output or args.in_place:
@@ -302,6 +304,29 @@ def cmd_orc(args: argparse.Namespace) -> int:
             raise InputError(args.file, "refusing to overwrite the input; use --in-place")
         write_atomically(target, data)
     return EXIT_CLEAN
+
+
+def _orc_refused(ctx: Any) -> bool:
+    """Say why no ORC was generated, as objtool would (it abandons the file)."""
+    from framevet.orc import already_has_orc, unknown_cfa_base
+
+    prog = ctx.prog
+    reason = None
+    if prog.aborted is not None:
+        p = prog.aborted
+        reason = ctx.finding_at(p.sec, p.off, p.rule, p.message)
+    else:
+        bad = unknown_cfa_base(prog, ctx.result)
+        if bad is not None:
+            g, base = bad
+            reason = ctx.finding(g, "unknown-cfa-base-reg", f"unknown CFA base reg {base}")
+        elif already_has_orc(prog):
+            reason = ctx.finding(-1, "output-section-exists",
+                                 "file already has .orc_unwind section, skipping")
+    if reason is None:
+        return False
+    print(reason.text() + " (no ORC generated)", file=sys.stderr)
+    return True
 
 
 # -- cfa / cfi ------------------------------------------------------------------------

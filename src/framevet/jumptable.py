@@ -277,6 +277,8 @@ def _user_find(prog: Program, dec: _Decoder, g: int) -> _Table | None:
         if found is None:
             return None
         mem = found
+    else:
+        return None  # a retpoline thunk jump: the register is only in the thunk's name
     if mem.memory_index == R.NONE or mem.memory_base == R.RIP:
         return None
     idx = _full(mem.memory_index)

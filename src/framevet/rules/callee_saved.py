@@ -82,7 +82,8 @@ def _suspects(ctx: Context) -> set[int]:
     # recorded as saved (objtool's "modified frame") may return it clobbered
     for g, k in enumerate(prog.kind):
         c = cfi[g]
-        if (k == d.RETURN or k == d.JUMP_UNCOND) and c is not None and prog.func[g] >= 0:
+        if c is not None and prog.func[g] >= 0 and (
+                k == d.RETURN or (k == d.JUMP_UNCOND and prog.call_dest[g] is not None)):
             if any(c[9 + 2 * r] != UNDEFINED for r in TRACKED):
                 out.add(prog.functions[prog.func[g]].parent)
     for fi in list(out):
