@@ -231,12 +231,20 @@ def _progress(total: int) -> _Bar | None:
     return _Bar(total)
 
 
+def _preload() -> None:
+    """Import the pipeline before the workers fork, so they inherit it."""
+    from framevet import analysis, rules  # noqa: F401
+
+    rules.all_rules()
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     options = _options(args)
     cflags = args.cflags.split()
     findings: list[Any] = []
     errors = 0
     tasks = split_tasks(args.files, args.jobs)
+    _preload()
     for _task, (packed, err) in run_parallel(tasks, check_file, (options, cflags),
                                              args.jobs, not args.no_progress):
         if err:

@@ -124,7 +124,6 @@ def slot_of(cfi: tuple[int, ...] | None, base: int, disp: int) -> int | None:
     return None
 
 
-Places = frozenset[int]   # register r -> r ; stack slot -> _slot(...)
 SLOT = 1 << 20
 FRAME = 1 << 18
 
@@ -165,42 +164,57 @@ def callee_saved_clobbers(prog: Program, cfi: list[tuple[int, ...] | None], fi: 
     """Returns and tail calls of function ``fi`` where a callee-saved register does
     not hold the caller's value (registers in ``allowed`` are declared clobbers).
     ``summaries`` maps a callee's symbol index to the callee-saved registers it is
-    known not to preserve (local helpers with their own convention)."""
+    known not to preserve (local helpers with their own convention).
+
+    Each caller value's places are a bit mask: bits 0-15 the registers, higher bits
+    the stack slots met in this function, numbered as they are met."""
     summaries = summaries or {}
     gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
     if not gids:
         return []
     eff = effects(prog, gids)
     start = gids[0]
-    init: tuple[Places, ...] = tuple(frozenset({r}) for r in TRACKED)
-    state_in: dict[int, tuple[Places, ...]] = {start: init}
+    init = tuple(1 << r for r in TRACKED)
+    state_in: dict[int, tuple[int, ...]] = {start: init}
     work = [start]
     out: dict[int, Clobber] = {}
     member = set(gids)
+    slots = _SlotBits()
     while work:
         g = work.pop()
         st = state_in[g]
         k = prog.kind[g]
         if k == d.RETURN or is_sibling_call(prog, g):
-            bad = tuple(r for i, r in enumerate(TRACKED) if r not in st[i] and r not in allowed)
+            bad = tuple(r for i, r in enumerate(TRACKED)
+                        if not st[i] >> r & 1 and r not in allowed)
             if bad:
                 out[g] = Clobber(g, bad)
             if k == d.RETURN:
                 continue
-        nst = _apply(st, eff.get(g), cfi[g], prog, g)
+        nst = _apply(st, eff.get(g), cfi[g], prog, g, slots)
         cd = prog.call_dest[g]
-        if cd is not None and prog.kind[g] == d.CALL and cd.index in summaries:
-            kill = summaries[cd.index]
-            nst = tuple(frozenset(p - kill) for p in nst)
-        for s in _successors(prog, g):
-            if s not in member:
+        if cd is not None and k == d.CALL and cd.index in summaries:
+            kill = sum(1 << r for r in summaries[cd.index])
+            nst = tuple(p & ~kill for p in nst)
+        for succ in _successors(prog, g):
+            if succ not in member:
                 continue
-            old = state_in.get(s)
-            new = nst if old is None else tuple(a & b for a, b in zip(old, nst, strict=True))
+            old = state_in.get(succ)
+            new = nst if old is None else tuple(x & y for x, y in zip(old, nst, strict=True))
             if old != new:
-                state_in[s] = new
-                work.append(s)
+                state_in[succ] = new
+                work.append(succ)
     return sorted(out.values(), key=lambda c: c.gid)
+
+
+class _SlotBits(dict[int, int]):
+    """Stack slot key -> its bit in a places mask."""
+
+    def bit(self, key: int) -> int:
+        b = self.get(key)
+        if b is None:
+            b = self[key] = 1 << (16 + len(self))
+        return b
 
 
 def _successors(prog: Program, g: int) -> list[int]:
@@ -221,9 +235,21 @@ def _successors(prog: Program, g: int) -> list[int]:
     return out
 
 
-def _apply(st: tuple[Places, ...], e: Effect | None, cfi: tuple[int, ...] | None,
-           prog: Program, g: int) -> tuple[Places, ...]:
-    places = [set(p) for p in st]
+_CALLER_SAVED = sum(1 << r for r in range(16) if r not in CALLEE_SAVED)
+
+
+def _copy(places: list[int], src_bit: int, dst_bit: int) -> None:
+    """dst now holds what src holds (and nothing else)."""
+    for i, p in enumerate(places):
+        p &= ~dst_bit
+        if p & src_bit:
+            p |= dst_bit
+        places[i] = p
+
+
+def _apply(st: tuple[int, ...], e: Effect | None, cfi: tuple[int, ...] | None,
+           prog: Program, g: int, slots: _SlotBits) -> tuple[int, ...]:
+    places = list(st)
     ops = prog.ops[g]
     k = prog.kind[g]
     if ops:
@@ -231,11 +257,8 @@ def _apply(st: tuple[Places, ...], e: Effect | None, cfi: tuple[int, ...] | None
             dtype, dreg, _, stype, sreg, _ = op
             if dtype == d.D_PUSH and stype == d.S_REG and cfi is not None:
                 drap_bp = cfi[DRAP] and sreg == d.BP and cfi[CFA_BASE] == cfi[DRAP_REG]
-                sl = _slot(0 if drap_bp else -(cfi[STACK] + 8), cfi)
-                for p in places:
-                    p.discard(sl)
-                    if sreg in p:
-                        p.add(sl)
+                _copy(places, 1 << sreg,
+                      slots.bit(_slot(0 if drap_bp else -(cfi[STACK] + 8), cfi)))
             elif stype == d.S_POP and dtype == d.D_REG and cfi is not None:
                 stack = cfi[STACK]
                 if len(ops) == 2:
@@ -243,47 +266,35 @@ def _apply(st: tuple[Places, ...], e: Effect | None, cfi: tuple[int, ...] | None
                     if cfi[REGS_BP] != CFA:
                         continue
                     stack = -cfi[REGS_BP + 1]
-                sl = _slot(-stack, cfi)
-                for p in places:
-                    p.discard(dreg)
-                    if sl in p:
-                        p.add(dreg)
+                _copy(places, slots.bit(_slot(-stack, cfi)), 1 << dreg)
     if e is not None:
         if e.store is not None:
             src, base, disp, _ = e.store
-            sl2 = _key(cfi, base, disp)
-            if sl2 is not None:
-                sl = sl2
-                for p in places:
-                    p.discard(sl)
-                    if src >= 0 and src in p:
-                        p.add(sl)
+            key = _key(cfi, base, disp)
+            if key is not None:
+                _copy(places, 1 << src if src >= 0 else 0, slots.bit(key))
         written = e.writes
         if ops and any(op[3] == d.S_POP for op in ops):
             written &= ~(1 << d.SP)
             for op in ops:
                 if op[3] == d.S_POP and op[0] == d.D_REG:
                     written &= ~(1 << op[1])
-        loaded: tuple[int, int] | None = None
+        loaded = 0
+        loaded_to = 0
         if e.load is not None:
             dst, base, disp = e.load
-            sl3 = _key(cfi, base, disp)
-            if sl3 is not None:
-                loaded = (dst, sl3)
-        moved = e.move
-        for p in places:
-            had_src = moved is not None and moved[0] in p
-            had_slot = loaded is not None and loaded[1] in p
-            for r in range(16):
-                if written >> r & 1:
-                    p.discard(r)
-            if had_src and moved is not None:
-                p.add(moved[1])
-            if had_slot and loaded is not None:
-                p.add(loaded[0])
+            key = _key(cfi, base, disp)
+            if key is not None:
+                loaded, loaded_to = slots.bit(key), 1 << dst
+        moved_from = 1 << e.move[0] if e.move is not None else 0
+        moved_to = 1 << e.move[1] if e.move is not None else 0
+        for i, p in enumerate(places):
+            q = p & ~written
+            if p & moved_from:
+                q |= moved_to
+            if p & loaded:
+                q |= loaded_to
+            places[i] = q
     if k == d.CALL or k == d.CALL_DYNAMIC:
-        for p in places:
-            for r in range(16):
-                if r not in CALLEE_SAVED:
-                    p.discard(r)
-    return tuple(frozenset(p) for p in places)
+        places = [p & ~_CALLER_SAVED for p in places]
+    return tuple(places)

@@ -23,7 +23,9 @@ def check(ctx: Context) -> Iterator[Finding]:
     functions answer for the ABI."""
     prog, cfi = ctx.prog, ctx.result.cfi
     suspects = _suspects(ctx)
-    private = _private_functions(ctx) & suspects
+    if not suspects:
+        return
+    private = _private_functions(ctx, suspects)
     summaries: dict[int, frozenset[int]] = {}
     for _ in range(3):
         changed = False
@@ -80,32 +82,41 @@ def _suspects(ctx: Context) -> set[int]:
                 break
     # ... but only up to returns the walk accepted: one reached with a register still
     # recorded as saved (objtool's "modified frame") may return it clobbered
-    for g, k in enumerate(prog.kind):
-        c = cfi[g]
-        if c is not None and prog.func[g] >= 0 and (
-                k == d.RETURN or (k == d.JUMP_UNCOND and prog.call_dest[g] is not None)):
-            if any(c[9 + 2 * r] != UNDEFINED for r in TRACKED):
-                out.add(prog.functions[prog.func[g]].parent)
-    for fi in list(out):
-        out.update(i for i, f in enumerate(prog.functions) if f.parent == fi)
+    exits = [(g, c) for g, c, k, cd in zip(range(len(cfi)), cfi, prog.kind, prog.call_dest,
+                                         strict=True)
+             if c is not None and (k == d.RETURN or (k == d.JUMP_UNCOND and cd is not None))]
+    for g, c in exits:
+        if prog.func[g] >= 0 and any(c[9 + 2 * r] != UNDEFINED for r in TRACKED):
+            out.add(prog.functions[prog.func[g]].parent)
+    children: dict[int, list[int]] = {}
+    for i, f in enumerate(prog.functions):
+        if f.parent != i:
+            children.setdefault(f.parent, []).append(i)
     # callers of suspects inherit their summaries
-    grew = True
-    while grew:
-        grew = False
-        names = {prog.functions[fi].sym.index for fi in out}
-        for g, cd in enumerate(prog.call_dest):
-            if cd is not None and cd.index in names and prog.func[g] >= 0:
-                p = prog.functions[prog.func[g]].parent
-                if p not in out:
-                    out.add(p)
-                    grew = True
+    callers: dict[int, set[int]] = {}
+    for g, cd in enumerate(prog.call_dest):
+        if cd is not None and prog.func[g] >= 0:
+            callers.setdefault(cd.index, set()).add(prog.functions[prog.func[g]].parent)
+    todo = list(out)
+    while todo:
+        fi = todo.pop()
+        for c in children.get(fi, ()):
+            out.add(c)
+        for p in callers.get(prog.functions[fi].sym.index, ()):
+            if p not in out:
+                out.add(p)
+                todo.append(p)
     return out
 
 
-def _private_functions(ctx: Context) -> set[int]:
+def _private_functions(ctx: Context, among: set[int]) -> set[int]:
     """Local functions reached only by direct calls and jumps (no relocation in data
     or in a non-branch instruction points at them)."""
     prog, elf = ctx.prog, ctx.prog.elf
+    local = {(prog.functions[fi].sec, prog.functions[fi].start) for fi in among
+             if prog.functions[fi].sym.bind == STB_LOCAL}
+    if not local:
+        return set()
     taken: set[tuple[int, int]] = set()
     branch_kinds = (d.CALL, d.JUMP_COND, d.JUMP_UNCOND)
     for sec_index, rels in elf.relocs.items():
@@ -114,14 +125,18 @@ def _private_functions(ctx: Context) -> set[int]:
             sym = elf.symbols[r.sym]
             if not sym.defined:
                 continue
+            addend = r.addend + (4 if r.type in (2, 4) else 0)
+            spot = (sym.shndx, sym.offset + (addend if sym.type == STT_SECTION else 0))
+            if spot not in local:
+                continue
             if is_code:
                 g = _insn_at(prog, sec_index, r.offset)
                 if g >= 0 and prog.kind[g] in branch_kinds:
                     continue
-            addend = r.addend + (4 if r.type in (2, 4) else 0)
-            taken.add((sym.shndx, sym.offset + (addend if sym.type == STT_SECTION else 0)))
+            taken.add(spot)
     out = set()
-    for fi, f in enumerate(prog.functions):
+    for fi in among:
+        f = prog.functions[fi]
         if (f.canonical and f.parent == fi and f.sym.bind == STB_LOCAL
                 and (f.sec, f.start) not in taken and f.name not in ctx.hints.functions):
             out.add(fi)
