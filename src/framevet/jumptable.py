@@ -65,8 +65,11 @@ def add_jump_tables(prog: Program) -> None:
             data_syms.setdefault(s.shndx, []).append(s)
     starts: set[tuple[int, int]] = set()
     tables: list[tuple[int, int, int]] = []
+    # only functions with an indirect jump can dispatch through a table
+    dispatching = {prog.functions[prog.func[g]].parent for g, k in enumerate(prog.kind)
+                   if k == d.JUMP_DYNAMIC and prog.func[g] >= 0}
     for fi, f in enumerate(prog.functions):
-        if not f.canonical or f.parent != fi:
+        if not f.canonical or f.parent != fi or fi not in dispatching:
             continue
         insns = prog.func_insns(fi)
         first_src: dict[int, int] = {}
