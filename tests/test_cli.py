@@ -124,3 +124,18 @@ def test_abi_and_diff_commands() -> None:
     assert d.returncode == 1 and "[diff-divergence]" in d.stdout
     same = fv("diff", f"{emu}:extra_regs_push", f"{emu}:extra_regs_push", "--runs", "4")
     assert same.returncode == 0 and "no divergence" in same.stderr
+
+
+def test_abi_reports_dirty_avx_upper_halves(tmp_path: Path) -> None:
+    src = tmp_path / "avx.S"
+    src.write_text(".text\n.globl dirty\n.type dirty,@function\ndirty:\n"
+                   " vmovdqu (%rdi),%ymm0\n vmovdqu %ymm0,(%rsi)\n ret\n.size dirty,.-dirty\n"
+                   ".globl clean\n.type clean,@function\nclean:\n vmovdqu (%rdi),%ymm0\n"
+                   " vmovdqu %ymm0,(%rsi)\n vzeroupper\n ret\n.size clean,.-clean\n")
+    dirty = json.loads(fv("abi", str(src), "--function", "dirty", "--args", "ptr:64,ptr:64",
+                          "--runs", "1", "--format", "json").stdout)
+    assert any(i["rule"] == "abi-violation" and "AVX upper halves dirty" in i["message"]
+               and i["offset"] == 0x8 for i in dirty)
+    clean = json.loads(fv("abi", str(src), "--function", "clean", "--args", "ptr:64,ptr:64",
+                          "--runs", "1", "--format", "json").stdout)
+    assert not any(i["rule"] == "abi-violation" for i in clean)

@@ -448,28 +448,10 @@ class _Checker:
         from framevet import regflow
 
         prog, cfi = self.prog, self.table.result.cfi
-        gids = [g for g in prog.func_insns(parent) if cfi[g] is not None]
-        state_in: dict[int, tuple[frozenset[int], ...]] = {}
+        state_in = regflow.places(prog, cfi, parent)
         start = prog.gid(prog.functions[parent].sec, prog.functions[parent].start)
-        if gids and start in set(gids):
-            eff = regflow.effects(prog, gids)
-            member = set(gids)
-            state_in[start] = tuple(frozenset({r}) for r in regflow.TRACKED)
-            work = [start]
-            while work:
-                g = work.pop()
-                if prog.kind[g] == d.RETURN:
-                    continue
-                nst = regflow._apply(state_in[g], eff.get(g), cfi[g], prog, g)
-                for s in regflow._successors(prog, g):
-                    if s not in member:
-                        continue
-                    old = state_in.get(s)
-                    new = nst if old is None else tuple(
-                        a & b for a, b in zip(old, nst, strict=True))
-                    if old != new:
-                        state_in[s] = new
-                        work.append(s)
+        if start not in state_in:
+            state_in = {}
         self._place_cache[parent] = state_in
         return state_in
 

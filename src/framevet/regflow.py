@@ -207,6 +207,43 @@ def callee_saved_clobbers(prog: Program, cfi: list[tuple[int, ...] | None], fi: 
     return sorted(out.values(), key=lambda c: c.gid)
 
 
+def places(prog: Program, cfi: list[tuple[int, ...] | None],
+           fi: int) -> dict[int, tuple[frozenset[int], ...]]:
+    """Per instruction of function ``fi`` (before it executes): for each of
+    :data:`TRACKED`, the places certainly holding the caller's value -- registers as
+    their numbers, stack slots as their :func:`_slot` keys."""
+    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
+    if not gids:
+        return {}
+    eff = effects(prog, gids)
+    member = set(gids)
+    start = gids[0]
+    slots = _SlotBits()
+    state_in: dict[int, tuple[int, ...]] = {start: tuple(1 << r for r in TRACKED)}
+    work = [start]
+    while work:
+        g = work.pop()
+        if prog.kind[g] == d.RETURN:
+            continue
+        nst = _apply(state_in[g], eff.get(g), cfi[g], prog, g, slots)
+        for succ in _successors(prog, g):
+            if succ not in member:
+                continue
+            old = state_in.get(succ)
+            new = nst if old is None else tuple(x & y for x, y in zip(old, nst, strict=True))
+            if old != new:
+                state_in[succ] = new
+                work.append(succ)
+    by_bit = {bit: key for key, bit in slots.items()}
+
+    def decode(mask: int) -> frozenset[int]:
+        out = {r for r in range(16) if mask >> r & 1}
+        out.update(key for bit, key in by_bit.items() if mask & bit)
+        return frozenset(out)
+
+    return {g: tuple(decode(m) for m in st) for g, st in state_in.items()}
+
+
 class _SlotBits(dict[int, int]):
     """Stack slot key -> its bit in a places mask."""
 

@@ -28,6 +28,7 @@ import os
 import tomllib
 from typing import Any
 
+from framevet import decode as d
 from framevet.emulate import (
     Finding,
     RawTarget,
@@ -116,10 +117,35 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
         if not function:
             raise InputError(file, "--function NAME is required")
         objs = load_path(file, _cflags(args))
+        profile = _profile(args, "kernel" if file.endswith(".ko") else "user")
         found = run_abi(objs, function, args.args, runs=runs, seed=seed, unwind=unwind,
-                        profile=_profile(args, "kernel" if file.endswith(".ko") else "user"),
-                        clobbers=clobbers, stack_args=stack.get(function, 0))
+                        profile=profile, clobbers=clobbers, stack_args=stack.get(function, 0))
+        return [to_report(f) for f in found] + avx_findings(objs, function, profile)
     return [to_report(f) for f in found]
+
+
+def avx_findings(objs: list[LoadedObject], function: str, profile: str) -> list[Any]:
+    """What unicorn cannot run: AVX upper halves left dirty, checked on the code."""
+    from framevet.analysis import Options, analyse
+    from framevet.emulate.avx import dirty_exits
+
+    out: list[Any] = []
+    for obj in objs:
+        ctx = analyse(obj, Options(profile=profile, orc_only=True))
+        prog = ctx.prog
+        for fi, f in enumerate(prog.functions):
+            if f.name != function or not f.canonical or f.parent != fi:
+                continue
+            for g, src in dirty_exits(prog, fi):
+                what = {d.RETURN: "return", d.CALL: "call", d.CALL_DYNAMIC: "call"}.get(
+                    prog.kind[g], "tail call")
+                here = ctx.symbols.locate(prog.sec_of[src], prog.off[src]).text()
+                out.append(ctx.finding(
+                    g, "abi-violation",
+                    f"{what} with AVX upper halves dirty (ymm/zmm written at {here}, "
+                    "no vzeroupper on the way): SSE code after it pays the transition "
+                    "penalty", static=True))
+    return out
 
 
 def parse_side(text: str, cflags: list[str]) -> Any:

@@ -323,7 +323,8 @@ class Machine:
         if ins.vex and ins.text.split()[0] not in _VEX_OK:
             self._stop(Fault("unsupported", addr, f"cannot emulate AVX instruction "
                              f"'{ins.text}': unicorn 2.1 (QEMU 5 TCG) has no AVX, so the run "
-                             f"stops here and AVX state is not checked", EMULATION_ERROR))
+                             f"stops here (dirty upper halves are checked on the code instead)",
+                             EMULATION_ERROR))
             return
         if self.observer is not None and self.frames:
             self.observer.step(self, addr, regs, self.frames[-1])

@@ -100,8 +100,7 @@ def _suspects(ctx: Context) -> set[int]:
     todo = list(out)
     while todo:
         fi = todo.pop()
-        for c in children.get(fi, ()):
-            out.add(c)
+        out.update(children.get(fi, ()))
         for p in callers.get(prog.functions[fi].sym.index, ()):
             if p not in out:
                 out.add(p)
