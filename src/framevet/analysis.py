@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from framevet.cfa import Walker, WalkOptions, WalkResult
 from framevet.cfg import Program, build
 from framevet.hints import Hints, read_hints
+from framevet.load.elf import STT_FILE
 from framevet.load.inputs import LoadedObject
 from framevet.report.findings import Finding, SymbolIndex
 
@@ -22,6 +23,10 @@ class Options:
     noinstr: bool = False
     ibt: bool = False
     unret: bool = False
+    #: objtool's --link (vmlinux.o-style object); --noinstr/--ibt/--unret need it in
+    #: objtool_only mode (framevet's own check implies it), and it is forced on an object
+    #: with more than one STT_FILE symbol, as objtool does
+    link: bool = False
     #: objtool's --module: .init.text is not exempt from the retpoline checks
     module: bool = False
     #: rule ids to leave out
@@ -71,7 +76,8 @@ class Context:
 
 def analyse(obj: LoadedObject, options: Options) -> Context:
     """Build, walk and check one object; findings in objtool's reporting order."""
-    prog = build(obj.elf, options.profile, uaccess=options.uaccess)
+    options, refused = _link_options(obj, options)
+    prog = build(obj.elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
     walk_opts = WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
@@ -96,7 +102,7 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
         declare(walker)
         result = walker.run()
     ctx = Context(obj, prog, result, options, SymbolIndex(obj.elf), hints)
-    if options.orc_only:
+    if options.orc_only or refused:
         return ctx
     from framevet import rules
 
@@ -132,12 +138,29 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
             else:
                 out.append(ctx.finding(w.gid, w.rule, w.message))
     ctx.counted = len(out) - read
-    late = [r for r in registry.values() if r.family == "objtool-output"]
-    for rule in [r for r in registry.values() if r.family != "objtool-output"] + late:
+    # after the walk objtool validates UNRET, then IBT; its output sections come last
+    rank = {"unret": 0, "ibt": 1, "objtool-output": 3}
+    for rule in sorted(registry.values(), key=lambda r: rank.get(r.family, 2)):
         if rule.check is None or rule is retpoline or not wanted(rule.id):
             continue
         found = [f for f in rule.check(ctx) if wanted(f.rule)]
         if options.objtool_only and rule.id == "unreachable-instruction":
             found = [f for f in found if f.details.get("objtool")][:1]
         out.extend(found)
+        if options.objtool_only and any(f.details.get("fatal") for f in found):
+            break       # objtool gives up (exit 255): nothing after it, no ORC
     return ctx
+
+
+def _link_options(obj: LoadedObject, options: Options) -> tuple[Options, bool]:
+    """The switches in effect, and whether objtool would refuse to run at all:
+    --noinstr, --ibt and --unret need --link (framevet's own check implies it), which
+    objtool forces on an object linked from several files; --unret needs --rethunk."""
+    files = sum(1 for s in obj.elf.symbols if s.type == STT_FILE)
+    link = options.link or files > 1 or not options.objtool_only
+    wants = options.noinstr or options.ibt or options.unret
+    refused = options.objtool_only and (
+        (options.unret and not options.rethunk) or (wants and not link))
+    if options.profile != "kernel" or refused:
+        options = replace(options, noinstr=False, ibt=False, unret=False)
+    return replace(options, link=link) if link != options.link else options, refused

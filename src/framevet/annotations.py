@@ -28,7 +28,15 @@ from framevet.cfg import (
     P_RETPOLINE,
     Program,
 )
-from framevet.load.elf import SHT_REL, SHT_RELA, STT_FUNC, STT_SECTION, Reloc, Symbol
+from framevet.load.elf import (
+    SHT_REL,
+    SHT_RELA,
+    STB_GLOBAL,
+    STT_FUNC,
+    STT_SECTION,
+    Reloc,
+    Symbol,
+)
 from framevet.state import (
     CFA_BASE,
     CFA_OFF,
@@ -38,6 +46,7 @@ from framevet.state import (
     T_CALL,
     T_ENTRY,
     T_FUNC,
+    T_REGS_PARTIAL,
     T_RESTORE,
     T_SAVE,
     TYPE,
@@ -117,8 +126,11 @@ def read_noendbr(prog: Program) -> None:
     prog.phase = P_NOENDBR
     found = _relocs(prog, ".discard.noendbr")
     for r, sym in found[1] if found else ():
-        if prog.gid(sym.shndx, sym.offset + r.addend) < 0:
+        g = prog.gid(sym.shndx, sym.offset + r.addend)
+        if g < 0:
             prog.problem(_MISSING, "bad .discard.noendbr entry", fatal=True)
+        else:
+            prog.noendbr.add(g)
 
 
 def read_intra_function_calls(prog: Program, target: list[int]) -> None:
@@ -204,8 +216,14 @@ def read_unwind_hints(prog: Program) -> None:
         if typ == T_RESTORE:
             prog.hint_restore.add(g)
             continue
+        if typ == T_REGS_PARTIAL and _global_at(prog, g):
+            if prog.ibt and prog.kind[g] != d.ENDBR and g not in prog.noendbr:
+                prog.problem("iret-regs-hint-without-endbr",
+                             "UNWIND_HINT_IRET_REGS without ENDBR", g)
+            prog.entry.add(g)
         if typ == T_ENTRY:
             typ = T_CALL
+            prog.entry.add(g)
         if typ == T_FUNC:
             prog.hint_cfi[g] = func_cfi
             continue
@@ -223,6 +241,15 @@ def read_unwind_hints(prog: Program) -> None:
         cfi[TYPE] = typ
         cfi[END] = end
         prog.hint_cfi[g] = _key(cfi)
+
+
+def _global_at(prog: Program, g: int) -> bool:
+    """objtool's find_symbol_by_offset() at the instruction is a global symbol."""
+    sec, off = prog.sec_of[g], prog.off[g]
+    for s in prog.elf.symbols:
+        if s.shndx == sec and s.offset == off and s.type != STT_SECTION and s.defined:
+            return s.bind == STB_GLOBAL
+    return False
 
 
 def _key(state: list[int]) -> tuple[int, ...]:
@@ -247,5 +274,6 @@ def read_instr_hints(prog: Program) -> None:
     prog.phase = P_INSTR
     if _relocs(prog, ".discard.instr_end") is None:
         return
-    _section_insns(prog, ".discard.instr_end", "bad .discard.instr_end entry")
-    _section_insns(prog, ".discard.instr_begin", "bad .discard.instr_begin entry")
+    for step, name in ((-1, "instr_end"), (1, "instr_begin")):
+        for g in _section_insns(prog, f".discard.{name}", f"bad .discard.{name} entry"):
+            prog.instr[g] = prog.instr.get(g, 0) + step

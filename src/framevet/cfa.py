@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from framevet import decode as d
 from framevet.cfg import Program, is_noreturn, is_sibling_call
-from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
+from framevet.load.elf import STB_GLOBAL, STT_NOTYPE, Symbol
+from framevet.noinstr import PvOps, is_noinstr_section
+from framevet.noinstr import call_ok as noinstr_call_ok
 from framevet.stackmodel import update_cfi, user_after
 from framevet.state import (
     BP_SCRATCH,
@@ -27,6 +29,8 @@ from framevet.state import (
     DRAP_OFF,
     DRAP_REG,
     INITIAL_REGS,
+    INSTR,
+    NOINSTR,
     NREGS,
     REGS,
     STACK,
@@ -55,6 +59,7 @@ class Warning:
 class WalkOptions:
     stackval: bool = False
     uaccess: bool = False
+    #: --noinstr (with --link): calls and returns in .noinstr.text/.entry.text functions
     noinstr: bool = False
     #: report every warning of a function instead of stopping at the first
     all_warnings: bool = False
@@ -98,6 +103,7 @@ class Walker:
         #: functions declared (framevet.toml) to start on an exception/interrupt frame
         self.entry_funcs: set[int] = set()
         self._marked: tuple[tuple[int, ...], set[int]] | None = None
+        self._pv: PvOps | None = None
 
     # -- reporting -------------------------------------------------------
     def warn(self, g: int, rule: str, msg: str, fatal: bool = True, sec: int = -1) -> None:
@@ -132,6 +138,8 @@ class Walker:
             st = func_entry_state()
             if self.opts.uaccess and self._uaccess_safe(fi):
                 st[UACCESS] = 1
+            if self.opts.noinstr and is_noinstr_section(prog, f.sec):
+                st[NOINSTR] = 1
             self._walk_from(fi, g, st)
         for g in sorted(set(self.hints) | self.restore_insns):
             if not self.visited[g] and g not in self.ignored:
@@ -185,9 +193,10 @@ class Walker:
         user = prog.profile == "user"
         ignored, sec_of, c_file = self.ignored, prog.sec_of, self.c_file
         # hints, restores and ignored instructions: one lookup for the common case
-        key = (len(hints), len(restores), len(ignored), id(ignored))
+        instr = prog.instr if self.opts.noinstr else {}
+        key = (len(hints), len(restores), len(ignored), id(ignored), len(instr))
         if self._marked is None or self._marked[0] != key:
-            self._marked = (key, set(hints) | restores | ignored)
+            self._marked = (key, set(hints) | restores | ignored | set(instr))
         marked = self._marked[1]
         pushf = self.opts.uaccess
         # (instruction, state, phase, section the validate_branch() call started in)
@@ -216,7 +225,8 @@ class Walker:
                           and func != pfunc[fg].parent and prog.off[g] == pfunc[fg].start):
                         break               # user: another function's entry is walked from there
                     is_hint = False
-                    if g in marked:
+                    is_marked = g in marked
+                    if is_marked:
                         if func >= 0 and g in ignored:
                             self.warn(g, "validating-ignored-function",
                                       "BUG: why am I validating an ignored function?", sec=wsec)
@@ -238,6 +248,8 @@ class Walker:
                             snap = self._snap(state)
                         cfi_l[g] = snap
                     visited[g] = v | vbit
+                    if is_marked and state[NOINSTR]:
+                        state[INSTR] += instr.get(g, 0)
                     grp = alt_group.get(g)
                     if grp is not None:
                         self._propagate(groups, grp, prog.off[g] - prog.off[groups[grp].first],
@@ -413,6 +425,9 @@ class Walker:
         return True
 
     def _validate_return(self, func: int, g: int, state: list[int]) -> None:
+        if state[NOINSTR] and state[INSTR] > 0:
+            self.warn(g, "return-with-instrumentation-enabled",
+                      "return with instrumentation enabled", fatal=False)
         if self.opts.uaccess:
             safe = self._uaccess_safe(func)
             if state[UACCESS] and not safe:
@@ -430,6 +445,8 @@ class Walker:
 
     def _validate_call(self, g: int, state: list[int]) -> None:
         cd = self.prog.call_dest[g]
+        if state[NOINSTR] and state[INSTR] <= 0:
+            self._noinstr_call(g, cd)
         name = cd.name if cd is not None else "{dynamic}"
         if self.opts.uaccess and state[UACCESS] and not self._uaccess_safe_sym(name):
             self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled",
@@ -451,6 +468,16 @@ class Walker:
                       "sibling call from callable instruction with modified stack frame",
                       fatal=False)
         self._validate_call(g, state)
+
+    def _noinstr_call(self, g: int, cd: Symbol | None) -> None:
+        if self._pv is None:
+            self._pv = PvOps(self.prog)
+        ok, lines = noinstr_call_ok(self.prog, self._pv, g, cd)
+        self.warnings.extend(Warning(-1, "pv-ops-target-instrumented", t) for t in lines)
+        if not ok:
+            self.warn(g, "call-leaves-noinstr",
+                      f"call to {self._pv.name(g, cd)}() leaves .noinstr.text section",
+                      fatal=False)
 
     def _uaccess_safe(self, func: int) -> bool:
         return func >= 0 and self._uaccess_safe_sym(self.prog.functions[func].name)

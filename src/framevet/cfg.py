@@ -143,6 +143,12 @@ class Program:
     hint_cfi: dict[int, tuple[int, ...]] = field(default_factory=dict)
     hint_save: set[int] = field(default_factory=set)
     hint_restore: set[int] = field(default_factory=set)
+    #: ANNOTATE_NOENDBR targets, instrumentation_begin/_end marks (+1/-1), --unret entry
+    #: points; ``ibt``: --ibt in effect (hints are checked for ENDBR as they are read)
+    noendbr: set[int] = field(default_factory=set)
+    instr: dict[int, int] = field(default_factory=dict)
+    entry: set[int] = field(default_factory=set)
+    ibt: bool = False
 
     def problem(self, rule: str, message: str, g: int = -1, at: tuple[int, int] | None = None,
                 fatal: bool = False) -> None:
@@ -190,7 +196,8 @@ class Program:
         return out
 
 
-def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False) -> Program:
+def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
+          ibt: bool = False) -> Program:
     """Decode every executable section of ``elf`` and resolve its control flow, reading
     objtool's annotations in objtool's order."""
     from framevet import annotations as ann
@@ -227,7 +234,7 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False) -> Pro
     prog.secmap = {ds.index: ds for ds in decoded}
     prog.sec_last = bytearray(n)
     prog.strict = profile == "kernel" and elf.section(".gnu.linkonce.this_module") is None
-    prog.uaccess = uaccess
+    prog.uaccess, prog.ibt = uaccess, ibt
     for ds in decoded:
         b = base[ds.index]
         if len(ds):

@@ -106,6 +106,8 @@ def _objtool_switches(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", action="store_true")
     g.add_argument("--orc", action="store_true", help="accepted for objtool compatibility")
     g.add_argument("--module", action="store_true", help="accepted for objtool compatibility")
+    g.add_argument("--link", action="store_true",
+                   help="vmlinux.o-style linked object (implied by --noinstr/--ibt/--unret)")
 
 
 # -- check ----------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def _options(args: argparse.Namespace) -> Any:
     return Options(
         profile=args.profile, sls=args.sls, retpoline=args.retpoline, rethunk=args.rethunk,
         stackval=args.stackval, uaccess=args.uaccess, noinstr=args.noinstr, ibt=args.ibt,
-        unret=args.unret,
+        unret=args.unret, link=args.link or args.noinstr or args.ibt or args.unret,
         disabled=frozenset(x for x in args.disable.split(",") if x),
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module)

@@ -16,6 +16,8 @@ NREGS = 17
 # state layout
 CFA_BASE, CFA_OFF, STACK, DRAP, DRAP_REG, DRAP_OFF, BP_SCRATCH, TYPE, END = range(9)
 UACCESS, UACCESS_STACK, DF = 9, 10, 11
+#: --noinstr: the walk started in a noinstr section; instrumentation_begin() depth
+NOINSTR, INSTR = 12, 13
 REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
 VALS = REGS + 2 * NREGS
 STATE_LEN = VALS + 2 * NREGS
