@@ -27,6 +27,9 @@ class Options:
     #: objtool_only mode (framevet's own check implies it), and it is forced on an object
     #: with more than one STT_FILE symbol, as objtool does
     link: bool = False
+    #: objtool's --orc (framevet always walks and checks; only --noinstr looks at it: without
+    #: --orc/--stackval/--uaccess objtool walks unwind hints in noinstr sections as noinstr)
+    orc: bool = False
     #: objtool's --module: .init.text is not exempt from the retpoline checks
     module: bool = False
     #: rule ids to leave out
@@ -81,7 +84,9 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
     walk_opts = WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
-                            noinstr=options.noinstr, all_warnings=options.all_warnings)
+                            noinstr=options.noinstr, all_warnings=options.all_warnings,
+                            noinstr_hints=options.noinstr and not (
+                                options.orc or options.stackval or options.uaccess))
     entry_funcs = {fi for fi, f in enumerate(prog.functions)
                    if (dcl := hints.functions.get(f.name)) is not None and dcl.entry != "call"}
 

@@ -61,6 +61,8 @@ class WalkOptions:
     uaccess: bool = False
     #: --noinstr (with --link): calls and returns in .noinstr.text/.entry.text functions
     noinstr: bool = False
+    #: ... and unwind hints in those sections too (objtool's --noinstr without a full walk)
+    noinstr_hints: bool = False
     #: report every warning of a function instead of stopping at the first
     all_warnings: bool = False
 
@@ -143,7 +145,10 @@ class Walker:
             self._walk_from(fi, g, st)
         for g in sorted(set(self.hints) | self.restore_insns):
             if not self.visited[g] and g not in self.ignored:
-                self._walk_from(prog.func[g], g, blank_state())
+                st = blank_state()
+                if self.opts.noinstr_hints and is_noinstr_section(prog, prog.sec_of[g]):
+                    st[NOINSTR] = 1
+                self._walk_from(prog.func[g], g, st)
         self._vm_resume_points()
         return WalkResult(self.cfi, self.warnings, self.visited,
                           [*self.intern.values(), *self.hints.values()])

@@ -118,7 +118,7 @@ def _options(args: argparse.Namespace) -> Any:
     return Options(
         profile=args.profile, sls=args.sls, retpoline=args.retpoline, rethunk=args.rethunk,
         stackval=args.stackval, uaccess=args.uaccess, noinstr=args.noinstr, ibt=args.ibt,
-        unret=args.unret, link=args.link or args.noinstr or args.ibt or args.unret,
+        unret=args.unret, orc=args.orc, link=args.link or args.noinstr or args.ibt or args.unret,
         disabled=frozenset(x for x in args.disable.split(",") if x),
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module)
