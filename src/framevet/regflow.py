@@ -299,10 +299,14 @@ def _apply(st: tuple[int, ...], e: Effect | None, cfi: tuple[int, ...] | None,
             elif stype == d.S_POP and dtype == d.D_REG and cfi is not None:
                 stack = cfi[STACK]
                 if len(ops) == 2:
-                    # leave: rsp = rbp first, so the pop reads rbp's own save slot
-                    if cfi[REGS_BP] != CFA:
+                    # leave: rsp = rbp first, so the pop reads rbp's own save slot --
+                    # CFA-relative, or the DRAP frame's base (rbp = frame offset 0)
+                    if cfi[REGS_BP] == CFA:
+                        stack = -cfi[REGS_BP + 1]
+                    elif cfi[DRAP] and cfi[REGS_BP] == d.BP:
+                        stack = -cfi[REGS_BP + 1]
+                    else:
                         continue
-                    stack = -cfi[REGS_BP + 1]
                 _copy(places, slots.bit(_slot(-stack, cfi)), 1 << dreg)
     if e is not None:
         if e.store is not None:

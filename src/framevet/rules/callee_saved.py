@@ -9,6 +9,7 @@ from framevet import decode as d
 from framevet.load.elf import STB_LOCAL, STT_SECTION
 from framevet.regflow import TRACKED, callee_saved_clobbers
 from framevet.rules import Rule, register
+from framevet.rules.ibt import metadata_section
 from framevet.state import UNDEFINED
 
 if TYPE_CHECKING:
@@ -119,6 +120,9 @@ def _private_functions(ctx: Context, among: set[int]) -> set[int]:
     taken: set[tuple[int, int]] = set()
     branch_kinds = (d.CALL, d.JUMP_COND, d.JUMP_UNCOND)
     for sec_index, rels in elf.relocs.items():
+        name = elf.sections[sec_index].name
+        if metadata_section(name) or name in (".return_sites", ".call_sites"):
+            continue  # ORC, alternatives, mcount...: addresses, not function pointers
         is_code = sec_index in prog.base
         for r in rels:
             sym = elf.symbols[r.sym]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from framevet import decode as d
 from framevet.cfg import Program
+from framevet.noreturn import is_sibling_call
 from framevet.regflow import effects, slot_of
 from framevet.rules import Rule, register
 from framevet.state import CFA_BASE, CFA_OFF, STACK
@@ -47,14 +48,26 @@ def check(ctx: Context) -> Iterator[Finding]:
                 continue
             if k < 0 or k < 8 * stack_args:
                 continue
+            if _feeds_tail_call(prog, g):
+                continue  # outgoing stack argument of a sibling call, in our own arg area
             if first_arg_read == -1:
                 first_arg_read = _first_argument_read(prog, cfi, fi)
             # a function that reads its caller's frame first takes stack arguments and may
             # write its own incoming argument area (vmread_error_trampoline's result slot)
             if first_arg_read is None or first_arg_read > g:
-                yield ctx.finding(g, CALLER_FRAME.id,
-                                  f"store to the caller's frame at cfa{k:+d} (not a stack "
-                                  f"argument this function read first)", slot=k)
+                src = e.store[0]
+                fname = prog.functions[fi].name
+                if src in (d.BX, d.BP, d.R12, d.R13, d.R14, d.R15):
+                    # a register "save" that lands in the caller's frame (seed 002)
+                    yield ctx.finding(g, CALLER_FRAME.id,
+                                      f"save of {d.REG_NAMES[src]} into the caller's frame "
+                                      f"at cfa{k:+d}", slot=k)
+                else:
+                    # compiled code may reuse its own stack-argument slots
+                    yield ctx.finding(g, CALLER_FRAME.id,
+                                      f"store to the caller's frame at cfa{k:+d}: legal only "
+                                      f"if {fname} takes at least {k // 8 + 1} stack "
+                                      f"argument(s)", "note", slot=k)
     for g, k in enumerate(prog.kind):
         if k == d.RETURN and prog.func[g] >= 0:
             c = cfi[g]
@@ -62,6 +75,27 @@ def check(ctx: Context) -> Iterator[Finding]:
                 yield ctx.finding(g, RETURN_ADDRESS.id,
                                   "return to a pushed address, not to the caller "
                                   f"(cfa=rsp+{c[CFA_OFF]})", pushed=c[CFA_OFF] - 8)
+
+
+def _feeds_tail_call(prog: Program, g: int, reach: int = 16) -> bool:
+    """Is the store at ``g`` followed, on its straight-line path, by a sibling call?
+    GCC passes a tail callee's stack arguments by rewriting the caller's own incoming
+    argument slots -- only ever when it has that many stack arguments itself."""
+    for _ in range(reach):
+        k = prog.kind[g]
+        if is_sibling_call(prog, g):
+            return True
+        if k in (d.CALL, d.CALL_DYNAMIC, d.RETURN, d.JUMP_DYNAMIC, d.JUMP_COND):
+            return False
+        if k == d.JUMP_UNCOND:
+            g = prog.jump_dest[g]
+            if g < 0:
+                return False
+            continue
+        g = prog.next_same_sec(g)
+        if g < 0:
+            return False
+    return False
 
 
 def _first_argument_read(prog: Program, cfi: list[tuple[int, ...] | None],

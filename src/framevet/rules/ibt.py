@@ -36,7 +36,8 @@ _METADATA = frozenset({
     ".kcfi_traps"})
 
 
-def _metadata(name: str) -> bool:
+def metadata_section(name: str) -> bool:
+    """A data section that holds code addresses without meaning to branch there."""
     return ((name.startswith(".discard") and name != ".discard.ibt_endbr_noseal")
             or name.startswith(".debug") or name in _METADATA
             or "__patchable_function_entries" in name)
@@ -67,7 +68,7 @@ def check(ctx: Context) -> Iterator[Finding]:
                 continue        # (a function's reference to itself: _THIS_IP_, IRET-to-self)
             yield ctx.finding(g, CODE.id, f"relocation to !ENDBR: {_where(ctx, dest)}")
     for sec in elf.sections:
-        if sec.flags & SHF_EXECINSTR or _metadata(sec.name):
+        if sec.flags & SHF_EXECINSTR or metadata_section(sec.name):
             continue
         for r in elf.relocs.get(sec.index, ()):
             dest = _dest(ctx, r, code=False)
