@@ -150,8 +150,22 @@ class Walker:
                     st[NOINSTR] = 1
                 self._walk_from(prog.func[g], g, st)
         self._vm_resume_points()
+        self._unnamed_functions()
         return WalkResult(self.cfi, self.warnings, self.visited,
                           [*self.intern.values(), *self.hints.values()])
+
+    def _unnamed_functions(self) -> None:
+        """Code no symbol covers that starts with ``call __fentry__`` is a function
+        whose symbol the link lost (every traced kernel function starts so): walk it
+        from a function's entry state, as objtool did with the symbol."""
+        prog = self.prog
+        if prog.profile != "kernel":
+            return
+        for g, cd in enumerate(prog.call_dest):
+            if (cd is not None and cd.name == "__fentry__" and prog.func[g] < 0
+                    and not self.visited[g] and prog.kind[g] == d.CALL
+                    and prog.off[g] % 16 == 0):
+                self._walk_from(-1, g, func_entry_state())
 
     def _vm_resume_points(self) -> None:
         """After VMLAUNCH/VMRESUME succeeds, the CPU comes back at the VMCS host RIP: a
