@@ -149,6 +149,10 @@ _IMPLICIT_CS.update({c: _ALL_CS for c in _codes("XRSTOR_MEM", "XRSTOR64_MEM", "P
 _READS_OP0 = frozenset(getattr(Code, n) for n in dir(Code)
                        if re.match(r"(PUSH|CMP|TEST|BT|CALL|JMP|UD[01])_", n))
 
+SP_MARK = -1
+_OP0_INFO: dict[int, int] = dict(_CS_REG)
+_OP0_INFO.update({r: SP_MARK for r in (Register.RSP, Register.ESP, Register.SP, Register.SPL)})
+
 _MEM = OpKind.MEMORY
 _REGK = OpKind.REGISTER
 _RIP = Register.RIP
@@ -227,25 +231,33 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
     mem_kind = _MEM
     frame_bases = (Register.RSP, Register.RBP)
     implicit = _IMPLICIT_CS
-    sp_regs = (Register.RSP, Register.ESP, Register.SP, Register.SPL)
+    sp_writes = ds.sp_writes
+    # operand-0 register -> callee-saved bit, or SP_MARK for rsp and its parts
+    op0_info = _OP0_INFO
+    i = -1
     for ins in decoder:
+        i += 1
         ip = ins.ip
         n = ins.len
         code = ins.code
         k0 = ins.op0_kind
-        if k0 == mem_kind:
-            if ins.memory_base in frame_bases and code not in reads_op0:
-                stack_stores.append(len(off_l))
-        elif k0 == _REGK:
-            if ins.op0_register in sp_regs and code not in reads_op0:
-                ds.sp_writes.append(len(off_l))
-            r = cs_reg.get(ins.op0_register)
-            if r is not None and code not in reads_op0:
-                cs_writes[len(off_l)] = r
+        if k0 == _REGK:
+            r0 = ins.op0_register
+            info = op0_info.get(r0)
+            if info == SP_MARK:
+                if code not in reads_op0:
+                    sp_writes.append(i)
+                if code in implicit:
+                    cs_writes[i] = implicit[code] | cs_reg.get(ins.op1_register, 0)
+            elif info is not None and code not in reads_op0:
+                cs_writes[i] = info
             elif code in implicit:
-                cs_writes[len(off_l)] = implicit[code] | cs_reg.get(ins.op1_register, 0)
+                cs_writes[i] = implicit[code] | cs_reg.get(ins.op1_register, 0)
+        elif k0 == mem_kind:
+            if ins.memory_base in frame_bases and code not in reads_op0:
+                stack_stores.append(i)
         elif code in implicit:
-            cs_writes[len(off_l)] = implicit[code]
+            cs_writes[i] = implicit[code]
         off_l.append(ip)
         len_l.append(n)
         cat = table.get(code)
