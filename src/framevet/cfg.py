@@ -22,6 +22,7 @@ safely can.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from framevet import decode as d
@@ -389,9 +390,11 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> dict[int,
             if f.start < prog.elf.sections[f.sec].size:
                 missing.setdefault(f.sec, []).append(f.name)
             continue
-        while g >= 0 and prog.off[g] < f.end:
-            func[g] = i
-            g = prog.next_same_sec(g)
+        ds = prog.secmap[f.sec]
+        base = prog.base[f.sec]
+        end = base + bisect_left(ds.off, f.end)
+        if end > g:
+            func[g:end] = [i] * (end - g)
     return missing
 
 
