@@ -104,7 +104,8 @@ class Walker:
         self.ignored: set[int] = set()
         #: functions declared (framevet.toml) to start on an exception/interrupt frame
         self.entry_funcs: set[int] = set()
-        self._marked: tuple[tuple[int, ...], set[int]] | None = None
+        self._marked: tuple[tuple[int, ...], set[int], set[int]] | None = None
+        self._fparent: list[int] | None = None
         self._pv: PvOps | None = None
 
     # -- reporting -------------------------------------------------------
@@ -211,12 +212,18 @@ class Walker:
         hints, restores = self.hints, self.restore_insns
         user = prog.profile == "user"
         ignored, sec_of, c_file = self.ignored, prog.sec_of, self.c_file
+        sec_last = prog.sec_last
         # hints, restores and ignored instructions: one lookup for the common case
         instr = prog.instr if self.opts.noinstr else {}
         key = (len(hints), len(restores), len(ignored), id(ignored), len(instr))
         if self._marked is None or self._marked[0] != key:
-            self._marked = (key, set(hints) | restores | ignored | set(instr))
-        marked = self._marked[1]
+            marks = set(hints) | restores | ignored | set(instr)
+            self._marked = (key, marks, marks | alt_group.keys() | alts_map.keys())
+        marked, special = self._marked[1], self._marked[2]
+        # parent function of each instruction's function (-1: none), for falls-through
+        fparent = self._fparent
+        if fparent is None or len(fparent) != len(funcs):
+            fparent = self._fparent = [pfunc[f].parent if f >= 0 else -1 for f in funcs]
         pushf = self.opts.uaccess
         # (instruction, state, phase, section the validate_branch() call started in)
         stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
@@ -232,19 +239,20 @@ class Walker:
                     continue
             while True:
                 if phase == 0:
-                    fg = funcs[g]
-                    if (c_file and func >= 0 and fg >= 0
-                            and func != pfunc[fg].parent):
+                    fp = fparent[g]
+                    if c_file and func >= 0 and fp >= 0 and func != fp:
+                        fg = funcs[g]
                         self.warn(-1, "falls-through-to-next-function",
                                   f"{pfunc[func].name}() falls through to next function "
                                   f"{pfunc[fg].name}()")
                         if prog.profile == "user":
                             break           # never carry one function's state into another
-                    elif (user and func >= 0 and fg >= 0 and g != start
-                          and func != pfunc[fg].parent and prog.off[g] == pfunc[fg].start):
+                    elif (user and func >= 0 and fp >= 0 and g != start and func != fp
+                          and prog.off[g] == pfunc[funcs[g]].start):
                         break               # user: another function's entry is walked from there
                     is_hint = False
-                    is_marked = g in marked
+                    is_special = g in special
+                    is_marked = is_special and g in marked
                     if is_marked:
                         if func >= 0 and g in ignored:
                             self.warn(g, "validating-ignored-function",
@@ -269,11 +277,12 @@ class Walker:
                     visited[g] = v | vbit
                     if is_marked and state[NOINSTR]:
                         state[INSTR] += instr.get(g, 0)
-                    grp = alt_group.get(g)
-                    if grp is not None:
+                    if not is_special:
+                        pass
+                    elif (grp := alt_group.get(g)) is not None:
                         self._propagate(groups, grp, prog.off[g] - prog.off[groups[grp].first],
                                         cfi_l[g], g)  # type: ignore[arg-type]
-                    alts = alts_map.get(g)
+                    alts = alts_map.get(g) if is_special else None
                     if alts and not ignore_alts[g]:
                         skip_orig = any(so for _, so in alts)
                         if not skip_orig:
@@ -341,7 +350,10 @@ class Walker:
                     self._flag_insn(func, g, k, state, wsec)
                 if dead_end[g]:
                     break
-                nxt = self._next(g, state)
+                if g in alt_group:
+                    nxt = self._next(g, state)
+                else:
+                    nxt = -1 if sec_last[g] else g + 1
                 if nxt < 0:
                     if state[CFA_BASE] == UNDEFINED:
                         break
