@@ -61,6 +61,9 @@ for _n, _i in (("AH", 4), ("CH", 5), ("DH", 6), ("BH", 7)):
  C_JMP_DYN, C_ENQCMD) = range(1, 30)
 
 
+_CODE_NAMES = [n for n in dir(Code) if not n.startswith("_")]
+
+
 def _codes(*names: str) -> list[int]:
     return [getattr(Code, n) for n in names if hasattr(Code, n)]
 
@@ -79,10 +82,11 @@ def _build_table() -> dict[int, int]:
                              "PUSHQ_FS", "PUSHQ_GS", "PUSHW_FS", "PUSHW_GS",
                              "PUSH_RM64", "PUSH_RM16"))
     put(C_POP_MEM, _codes("POPQ_FS", "POPQ_GS", "POPW_FS", "POPW_GS", "POP_RM64", "POP_RM16"))
-    jcc = [c for n in dir(Code) if re.fullmatch(r"J(?!MP)[A-Z]+_REL(8|32)_64", n)
+    jcc = [c for n in _CODE_NAMES if n[0] == "J" and re.fullmatch(r"J(?!MP)[A-Z]+_REL(8|32)_64", n)
            for c in _codes(n)]
     loops = r"(LOOP[A-Z]*_REL8_64_[A-Z]+|J[RE]?CXZ_REL8_64)"
-    jcc += [c for n in dir(Code) if re.fullmatch(loops, n) for c in _codes(n)]
+    jcc += [c for n in _CODE_NAMES if n[0] in "JL" and re.fullmatch(loops, n)
+            for c in _codes(n)]
     put(C_JCC, jcc)
     put(C_ARITH_IMM, _codes("ADD_RM64_IMM8", "ADD_RM64_IMM32", "SUB_RM64_IMM8", "SUB_RM64_IMM32",
                             "AND_RM64_IMM8", "AND_RM64_IMM32"))
@@ -91,7 +95,7 @@ def _build_table() -> dict[int, int]:
     put(C_LEA, _codes("LEA_R64_M"))
     nops = _codes("NOPD", "NOPW", "NOPQ", "PAUSE", "NOP_RM16", "NOP_RM32", "NOP_RM64",
                   "PREFETCH_M8", "PREFETCHW_M8", "PREFETCHWT1_M8")
-    nops += [c for n in dir(Code) if n.startswith("RESERVEDNOP_") and "0F0D" in n
+    nops += [c for n in _CODE_NAMES if n.startswith("RESERVEDNOP_") and "0F0D" in n
              for c in _codes(n)]
     put(C_NOP, nops)
     put(C_PUSHF, _codes("PUSHFQ", "PUSHFW"))
@@ -146,8 +150,9 @@ _IMPLICIT_CS.update({c: _ALL_CS for c in _codes("XRSTOR_MEM", "XRSTOR64_MEM", "P
                                                  "VMRESUME", "VMRUN")})
 
 #: instructions whose register operand 0 is only read
-_READS_OP0 = frozenset(getattr(Code, n) for n in dir(Code)
-                       if re.match(r"(PUSH|CMP|TEST|BT|CALL|JMP|UD[01])_", n))
+_READS_OP0 = frozenset(getattr(Code, n) for n in _CODE_NAMES
+                       if n.startswith(("PUSH_", "CMP_", "TEST_", "BT_", "CALL_", "JMP_",
+                                        "UD0_", "UD1_")))
 
 SP_MARK = -1
 _OP0_INFO: dict[int, int] = dict(_CS_REG)
