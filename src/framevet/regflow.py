@@ -164,47 +164,16 @@ def callee_saved_clobbers(prog: Program, cfi: list[tuple[int, ...] | None], fi: 
     """Returns and tail calls of function ``fi`` where a callee-saved register does
     not hold the caller's value (registers in ``allowed`` are declared clobbers).
     ``summaries`` maps a callee's symbol index to the callee-saved registers it is
-    known not to preserve (local helpers with their own convention).
-
-    Each caller value's places are a bit mask: bits 0-15 the registers, higher bits
-    the stack slots met in this function, numbered as they are met."""
-    summaries = summaries or {}
-    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
-    if not gids:
-        return []
-    eff = effects(prog, gids)
-    start = gids[0]
-    init = tuple(1 << r for r in TRACKED)
-    state_in: dict[int, tuple[int, ...]] = {start: init}
-    work = [start]
-    out: dict[int, Clobber] = {}
-    member = set(gids)
-    slots = _SlotBits()
-    while work:
-        g = work.pop()
-        st = state_in[g]
-        k = prog.kind[g]
-        if k == d.RETURN or is_sibling_call(prog, g):
+    known not to preserve (local helpers with their own convention)."""
+    state_in, _ = _flow(prog, cfi, fi, summaries or {})
+    out = []
+    for g, st in sorted(state_in.items()):
+        if prog.kind[g] == d.RETURN or is_sibling_call(prog, g):
             bad = tuple(r for i, r in enumerate(TRACKED)
                         if not st[i] >> r & 1 and r not in allowed)
             if bad:
-                out[g] = Clobber(g, bad)
-            if k == d.RETURN:
-                continue
-        nst = _apply(st, eff.get(g), cfi[g], prog, g, slots)
-        cd = prog.call_dest[g]
-        if cd is not None and k == d.CALL and cd.index in summaries:
-            kill = sum(1 << r for r in summaries[cd.index])
-            nst = tuple(p & ~kill for p in nst)
-        for succ in _successors(prog, g):
-            if succ not in member:
-                continue
-            old = state_in.get(succ)
-            new = nst if old is None else tuple(x & y for x, y in zip(old, nst, strict=True))
-            if old != new:
-                state_in[succ] = new
-                work.append(succ)
-    return sorted(out.values(), key=lambda c: c.gid)
+                out.append(Clobber(g, bad))
+    return out
 
 
 def places(prog: Program, cfi: list[tuple[int, ...] | None],
@@ -212,28 +181,7 @@ def places(prog: Program, cfi: list[tuple[int, ...] | None],
     """Per instruction of function ``fi`` (before it executes): for each of
     :data:`TRACKED`, the places certainly holding the caller's value -- registers as
     their numbers, stack slots as their :func:`_slot` keys."""
-    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
-    if not gids:
-        return {}
-    eff = effects(prog, gids)
-    member = set(gids)
-    start = gids[0]
-    slots = _SlotBits()
-    state_in: dict[int, tuple[int, ...]] = {start: tuple(1 << r for r in TRACKED)}
-    work = [start]
-    while work:
-        g = work.pop()
-        if prog.kind[g] == d.RETURN:
-            continue
-        nst = _apply(state_in[g], eff.get(g), cfi[g], prog, g, slots)
-        for succ in _successors(prog, g):
-            if succ not in member:
-                continue
-            old = state_in.get(succ)
-            new = nst if old is None else tuple(x & y for x, y in zip(old, nst, strict=True))
-            if old != new:
-                state_in[succ] = new
-                work.append(succ)
+    state_in, slots = _flow(prog, cfi, fi, {})
     by_bit = {bit: key for key, bit in slots.items()}
 
     def decode(mask: int) -> frozenset[int]:
@@ -242,6 +190,41 @@ def places(prog: Program, cfi: list[tuple[int, ...] | None],
         return frozenset(out)
 
     return {g: tuple(decode(m) for m in st) for g, st in state_in.items()}
+
+
+def _flow(prog: Program, cfi: list[tuple[int, ...] | None], fi: int,
+          summaries: dict[int, frozenset[int]],
+          ) -> tuple[dict[int, tuple[int, ...]], _SlotBits]:
+    """The must-analysis to its fixpoint: per instruction, one places mask per caller
+    value (bits 0-15 the registers, higher bits the stack slots met, numbered as met)."""
+    slots = _SlotBits()
+    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
+    if not gids:
+        return {}, slots
+    eff = effects(prog, gids)
+    member = set(gids)
+    start = gids[0]
+    state_in: dict[int, tuple[int, ...]] = {start: tuple(1 << r for r in TRACKED)}
+    work = [start]
+    while work:
+        g = work.pop()
+        k = prog.kind[g]
+        if k == d.RETURN:
+            continue
+        nst = _apply(state_in[g], eff.get(g), cfi[g], prog, g, slots)
+        cd = prog.call_dest[g]
+        if cd is not None and k == d.CALL and cd.index in summaries:
+            kill = sum(1 << r for r in summaries[cd.index])
+            nst = tuple(p & ~kill for p in nst)
+        for succ in successors(prog, g):
+            if succ not in member:
+                continue
+            old = state_in.get(succ)
+            new = nst if old is None else tuple(x & y for x, y in zip(old, nst, strict=True))
+            if old != new:
+                state_in[succ] = new
+                work.append(succ)
+    return state_in, slots
 
 
 class _SlotBits(dict[int, int]):
@@ -254,7 +237,8 @@ class _SlotBits(dict[int, int]):
         return b
 
 
-def _successors(prog: Program, g: int) -> list[int]:
+def successors(prog: Program, g: int) -> list[int]:
+    """Where control goes after instruction ``g`` inside its function."""
     k = prog.kind[g]
     out = [a for a, _ in prog.alts.get(g, ()) if a >= 0]
     if k in (d.RETURN, d.JUMP_DYNAMIC, d.CONTEXT_SWITCH) or prog.dead_end[g]:

@@ -17,7 +17,8 @@ from iced_x86 import Mnemonic, OpAccess, Register
 
 from framevet import decode as d
 from framevet.cfg import Program
-from framevet.noreturn import is_noreturn, is_sibling_call
+from framevet.noreturn import is_sibling_call
+from framevet.regflow import successors
 
 _WIDE = frozenset(r for name in dir(Register)
                   if name.startswith(("YMM", "ZMM")) and name[3:].isdigit()
@@ -64,26 +65,8 @@ def dirty_exits(prog: Program, fi: int) -> list[tuple[int, int]]:
                 continue
         if effect[g] < 0:
             continue
-        for s in _successors(prog, g):
+        for s in successors(prog, g):
             if s in member and s not in dirty_from:
                 dirty_from[s] = src
                 work.append(s)
     return sorted(out.items())
-
-
-def _successors(prog: Program, g: int) -> list[int]:
-    k = prog.kind[g]
-    out = [a for a, _ in prog.alts.get(g, ()) if a >= 0]
-    if k in (d.RETURN, d.JUMP_DYNAMIC, d.CONTEXT_SWITCH) or prog.dead_end[g]:
-        return out
-    if k in (d.JUMP_COND, d.JUMP_UNCOND) and prog.jump_dest[g] >= 0 \
-            and prog.call_dest[g] is None:
-        out.append(prog.jump_dest[g])
-        if k == d.JUMP_UNCOND:
-            return out
-    if k == d.CALL and is_noreturn(prog, prog.call_dest[g]):
-        return out
-    n = prog.next_same_sec(g)
-    if n >= 0:
-        out.append(n)
-    return out
