@@ -52,6 +52,10 @@ def _variants(tmp: Path) -> list[tuple[Path, str]]:
     bad_shnum = bytearray(ko)
     struct.pack_into("<H", bad_shnum, 0x3C, 0xFFF0)
     put("bad-shnum.o", bytes(bad_shnum), "")
+    huge_names = bytearray(ko)
+    shoff, shstrndx = struct.unpack_from("<Q", ko, 0x28)[0], struct.unpack_from("<H", ko, 0x3E)[0]
+    struct.pack_into("<Q", huge_names, shoff + 64 * shstrndx + 24, 0x7FFFFFFFFFFFFFF0)
+    put("huge-offset.o", bytes(huge_names), "malformed ELF")
     put("archive.a", b"!<arch>\nfoo.o/          0           0     0     644     999999    `\n",
         "truncated")
     return out

@@ -167,8 +167,10 @@ def parse_elf(data: bytes, path: str) -> ElfObject:
         sections = _read_sections(elf, data, path)
     except InputError:
         raise
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, OSError) as exc:
-        raise InputError(path, f"malformed ELF: {exc}") from None
+    except (ELFError, struct.error, ValueError, KeyError, IndexError, OSError, OverflowError,
+            TypeError, AttributeError, AssertionError, RecursionError) as exc:
+        # pyelftools meets hostile headers with whatever its parser raises
+        raise InputError(path, f"malformed ELF: {type(exc).__name__}: {exc}") from None
 
     symtab_index = next((s.index for s in sections if s.type == SHT_SYMTAB), -1)
     if symtab_index < 0:
