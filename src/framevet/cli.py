@@ -31,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_CLEAN
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        where = getattr(args, "file", None) or " ".join(getattr(args, "files", []) or [])
+        print(f"{where or 'framevet'}: error: internal error ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
