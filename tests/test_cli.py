@@ -139,3 +139,14 @@ def test_abi_reports_dirty_avx_upper_halves(tmp_path: Path) -> None:
     clean = json.loads(fv("abi", str(src), "--function", "clean", "--args", "ptr:64,ptr:64",
                           "--runs", "1", "--format", "json").stdout)
     assert not any(i["rule"] == "abi-violation" for i in clean)
+
+
+def test_every_rule_is_documented() -> None:
+    from framevet.rules import all_rules
+
+    doc = (ROOT / "docs" / "rules.md").read_text()
+    rules = all_rules()
+    assert len(rules) >= 80
+    assert [r for r in rules if f"`{r}`" not in doc] == []
+    for r in rules.values():
+        assert r.what and r.why and r.fix, r.id
