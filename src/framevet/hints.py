@@ -124,7 +124,7 @@ def _sidecar(path: str, prog: Program, h: Hints) -> None:
             prog.kind[g] = d.JUMP_UNCOND
             prog.jump_dest[g] = dest
             prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
-    for fi, f in enumerate(prog.functions):
+    for f in prog.functions:
         decl = h.functions.get(f.name)
         if decl is None or decl.entry == "call" and not decl.extra_words:
             continue
@@ -136,7 +136,6 @@ def _sidecar(path: str, prog: Program, h: Hints) -> None:
         st[CFA_OFF] = 8 * decl.extra_words + (8 if decl.entry == "call" else 0)
         st[STACK] = st[CFA_OFF]
         h.cfi[g] = _key(st)
-        del fi
 
 
 def _decl(path: str, name: str, spec: dict[str, Any]) -> FunctionDecl:
