@@ -313,17 +313,37 @@ def _user_find(prog: Program, dec: _Decoder, g: int) -> _Table | None:
 
 
 def _guard(prog: Program, dec: _Decoder, load: int, idx: int) -> int:
-    """Entries allowed by a ``cmp $N, %idx; ja default`` before the load (0: unknown)."""
+    """Entries allowed by a ``cmp $N, %idx; ja default`` before the load (0: unknown).
+
+    Walking back, a copy (``mov %esi, %eax``, ``movslq %esi, %rax``) makes the
+    source the index; a load (``movzwl 10(%rdi), %eax``) makes the compared
+    operand that memory (GCC: ``cmpw $15, 10(%rdi); ja ...; movzwl 10(%rdi), %eax``);
+    any other write ends the search: a ``cmp`` before it guards another value."""
+    K = iced_x86.OpKind
+    imms = (K.IMMEDIATE8, K.IMMEDIATE32, K.IMMEDIATE8TO32, K.IMMEDIATE8TO64, K.IMMEDIATE32TO64)
+    copies = (iced_x86.Mnemonic.MOV, iced_x86.Mnemonic.MOVZX, iced_x86.Mnemonic.MOVSXD)
+    mem: tuple[int, int, int] | None = None       # (base, index, disp) of the loaded operand
     for p in _same_func_back(prog, load, NEAR_LOOKBACK):
         pi = dec(p)
-        if pi.mnemonic == iced_x86.Mnemonic.CMP and pi.op0_kind == iced_x86.OpKind.REGISTER \
-                and _full(pi.op0_register) == idx and pi.op_count == 2 \
-                and pi.op1_kind in (iced_x86.OpKind.IMMEDIATE8, iced_x86.OpKind.IMMEDIATE32,
-                                    iced_x86.OpKind.IMMEDIATE8TO32,
-                                    iced_x86.OpKind.IMMEDIATE8TO64,
-                                    iced_x86.OpKind.IMMEDIATE32TO64):
+        if pi.mnemonic == iced_x86.Mnemonic.CMP and pi.op_count == 2 and pi.op1_kind in imms:
+            if mem is None and pi.op0_kind == K.REGISTER and _full(pi.op0_register) == idx:
+                pass
+            elif (mem is not None and pi.op0_kind == K.MEMORY
+                  and (pi.memory_base, pi.memory_index, pi.memory_displacement) == mem):
+                pass
+            else:
+                continue
             n = pi.immediate(1) & 0xFFFFFFFF
             return n + 1 if n < MAX_ENTRIES else 0
+        if mem is not None or not dec.writes(p, idx):
+            continue
+        if pi.mnemonic in copies and pi.op_count == 2 and pi.op1_kind == K.REGISTER:
+            idx = _full(pi.op1_register)
+        elif (pi.mnemonic in copies and pi.op_count == 2 and pi.op1_kind == K.MEMORY
+              and pi.memory_base != iced_x86.Register.RIP):
+            mem = (pi.memory_base, pi.memory_index, pi.memory_displacement)
+        else:
+            return 0
     return 0
 
 
