@@ -27,6 +27,7 @@ from framevet.state import (
     UNDEFINED,
     VALS,
 )
+from framevet.userframe import copy_of_cfa, restore_through_base, user_reg_move
 
 if TYPE_CHECKING:
     from framevet.cfa import Walker
@@ -52,7 +53,8 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
             _mov_reg(s, dreg, sreg)
         elif stype == d.S_ADD:
             if w.prog.profile == "user" and (_user_restore_sp(s, dreg, sreg, soff)
-                                             or _user_drap_lea(w, g, s, dreg, sreg, soff)):
+                                             or _user_drap_lea(w, g, s, dreg, sreg, soff)
+                                             or _user_lea_sp(s, dreg, sreg, soff)):
                 return
             _add(w, g, s, dreg, sreg, soff)
         elif stype == d.S_AND:
@@ -69,6 +71,8 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
         elif stype == d.S_POP or stype == d.S_POPF:
             _pop(s, dreg)
         elif stype == d.S_REG_INDIRECT:
+            if w.prog.profile == "user" and _user_load_bp(s, dreg, sreg, soff):
+                return
             _load(s, dreg, sreg, soff)
         elif stype == d.S_CONST and dreg == d.SP and w.prog.profile == "user":
             if s[CFA_BASE] == d.SP or s[CFA_BASE] == SP_INDIRECT:
@@ -329,7 +333,9 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
     k = prog.kind[g]
     call = k == d.CALL or k == d.CALL_DYNAMIC
     clobbered: frozenset[int] = frozenset()
-    changed = False
+    changed = k == d.OTHER and prog.length[g] == 3 and user_reg_move(w, g, s)
+    if k == d.OTHER and prog.ops[g] is None and restore_through_base(w, g, s):
+        changed = True
     if call:
         clobbered = _call_clobbers(prog, g)
         for r in clobbered:
@@ -340,7 +346,10 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
     if b < 0 or b >= 16 or b == d.SP or b == d.BP or b != base_before or s[DRAP]:
         return changed
     if (call and b in clobbered) or (not call and _writes(prog, g, b)):
-        if s[STACK] > _STACK_UNKNOWN:
+        s[VALS + 2 * b] = UNDEFINED
+        if copy_of_cfa(s, b):
+            pass
+        elif s[STACK] > _STACK_UNKNOWN:
             s[CFA_BASE] = d.SP
             s[CFA_OFF] = s[STACK]
         else:
@@ -446,6 +455,33 @@ def _user_restore_sp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
     s[CFA_BASE] = d.SP
     s[CFA_OFF] -= soff
     s[STACK] = s[CFA_OFF]
+    return True
+
+
+def _user_lea_sp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
+    """``lea disp(%reg), %rsp`` with the CFA on rbp: ``lea disp(%rbp)`` puts rsp at
+    ``CFA - CFA_OFF + disp`` (objtool assumes rbp points at its own save slot, not
+    true of frames built elsewhere, :mod:`framevet.userframe`); through another
+    register rsp's distance to the CFA is no longer known."""
+    if dreg != d.SP or s[CFA_BASE] != d.BP or s[DRAP] or sreg == d.SP:
+        return False
+    s[STACK] = s[CFA_OFF] - soff if sreg == d.BP else _STACK_UNKNOWN * 2
+    return True
+
+
+def _user_load_bp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
+    """``mov disp(%rbp), %rbp`` from rbp's save slot with the CFA on rbp: rbp is
+    restored and the CFA goes to rsp (when rsp's distance to it is known)."""
+    if (dreg != d.BP or sreg != d.BP or s[CFA_BASE] != d.BP or s[DRAP]
+            or s[REGS + 2 * d.BP] != CFA or soff != s[REGS + 2 * d.BP + 1] + s[CFA_OFF]):
+        return False
+    _restore_reg(s, d.BP)
+    if s[STACK] > _STACK_UNKNOWN:
+        s[CFA_BASE] = d.SP
+        s[CFA_OFF] = s[STACK]
+    else:
+        s[CFA_BASE] = UNDEFINED
+        s[CFA_OFF] = 0
     return True
 
 
