@@ -14,7 +14,8 @@ from framevet.load import load_path
 
 MISMATCH = FIXTURES / "cfi-mismatch"
 
-IDIOMS = ["ok-built-frame.S", "ok-perlasm-copy.S", "ok-switch-mem-guard.S"]
+IDIOMS = ["ok-built-frame.S", "ok-perlasm-copy.S", "ok-switch-mem-guard.S",
+          "ok-xchg-stack-switch.S", "ok-slot-through-lea.S", "ok-rsp-copy-variable-alloc.S"]
 
 
 def rows(name: str) -> list[tuple[int, str]]:
@@ -62,3 +63,33 @@ def test_switch_guarded_on_memory() -> None:
     (g,) = prog.jump_table_insn
     assert len(prog.alts[g]) == 4
     assert all("undefined" not in r.rule.text() for r in table.rows[".text"])
+
+
+def test_xchg_stack_switch() -> None:
+    """``xchg %rsp,%r15``: the CFA moves to %r15 (the old rsp), then to the slot it is
+    stored in, then to %rsi that reloads it; the same through rbp."""
+    got = rows("ok-xchg-stack-switch.S")
+    assert (0x12, "cfa=r15+24 rbx=cfa-16 r15=cfa-24 ra=cfa-8") in got
+    assert (0x17, "cfa=[rsp+16]+24 rbx=cfa-16 r15=cfa-24 ra=cfa-8") in got
+    assert (0x27, "cfa=rsi+24 rbx=cfa-16 r15=cfa-24 ra=cfa-8") in got
+    assert (0x40, "cfa=rbp+16 rbp=cfa-16 ra=cfa-8") in got
+    assert (0x45, "cfa=[rsp+16]+16 rbp=cfa-16 ra=cfa-8") in got
+    assert all("undefined" not in t for _, t in got)
+
+
+def test_slot_stored_through_lea_of_rsp() -> None:
+    """``lea 128(%rsp),%r10; mov %rax,32(%r10)`` with the CFA on %rax: *(rsp+160)+8."""
+    got = rows("ok-slot-through-lea.S")
+    assert (0x1e, "cfa=[rsp+160]+8 rbx=cfa-16 ra=cfa-8") in got
+    assert got[-1] == (0x37, "cfa=rsp+8 ra=cfa-8")
+    assert all("undefined" not in t for _, t in got)
+
+
+def test_variable_allocation_below_an_rsp_copy() -> None:
+    """``mov %rsp,%rbp`` (no classic frame), ``sub %rax,%rsp``: the CFA goes to rbp,
+    not lost; ``lea 88(%rbp),%rax`` before rbp's reload through %rax hands it on."""
+    got = rows("ok-rsp-copy-variable-alloc.S")
+    assert (0x1a, "cfa=rbp+96 rbx=cfa-24 rbp=cfa-16 ra=cfa-8") in got
+    assert (0x26, "cfa=rax+8 rbx=cfa-24 rbp=cfa-16 ra=cfa-8") in got
+    assert got[-1] == (0x31, "cfa=rsp+8 ra=cfa-8")
+    assert all("undefined" not in t for _, t in got)

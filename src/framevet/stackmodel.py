@@ -27,7 +27,15 @@ from framevet.state import (
     UNDEFINED,
     VALS,
 )
-from framevet.userframe import copy_of_cfa, restore_through_base, user_reg_move
+from framevet.userframe import (
+    copy_of_cfa,
+    forget_overwritten,
+    restore_through_base,
+    store_through_sp_copy,
+    user_lea_handoff,
+    user_reg_move,
+    user_xchg_sp,
+)
 
 if TYPE_CHECKING:
     from framevet.cfa import Walker
@@ -75,7 +83,9 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
                 return
             _load(s, dreg, sreg, soff)
         elif stype == d.S_CONST and dreg == d.SP and w.prog.profile == "user":
-            if s[CFA_BASE] == d.SP or s[CFA_BASE] == SP_INDIRECT:
+            if s[CFA_BASE] == d.SP and copy_of_cfa(s, d.SP):
+                s[STACK] = _STACK_UNKNOWN * 2                # the CFA stays on a copy
+            elif s[CFA_BASE] == d.SP or s[CFA_BASE] == SP_INDIRECT:
                 s[CFA_BASE] = UNDEFINED                      # rsp := something unknown
                 s[CFA_OFF] = 0
         else:
@@ -181,6 +191,9 @@ def _add(w: Walker, g: int, s: list[int], dreg: int, sreg: int, soff: int) -> No
         w.warn(g, "unsupported-stack-register-modification",
                   "unsupported stack register modification")
         if w.prog.profile == "user":                          # the walk goes on: CFA lost
+            if dreg == d.SP and copy_of_cfa(s, d.SP):        # ... unless rbp & co. hold it
+                s[STACK] = _STACK_UNKNOWN * 2
+                return
             s[CFA_BASE] = UNDEFINED
             s[CFA_OFF] = 0
 
@@ -333,9 +346,15 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
     k = prog.kind[g]
     call = k == d.CALL or k == d.CALL_DYNAMIC
     clobbered: frozenset[int] = frozenset()
+    forget_overwritten(prog, g, s)
     changed = k == d.OTHER and prog.length[g] == 3 and user_reg_move(w, g, s)
-    if k == d.OTHER and prog.ops[g] is None and restore_through_base(w, g, s):
-        changed = True
+    if k == d.OTHER and prog.ops[g] is not None and 0 <= s[CFA_BASE] < 16 \
+            and s[CFA_BASE] != d.SP and user_lea_handoff(w, g, s):
+        return True
+    if k == d.OTHER and prog.ops[g] is None:
+        if store_through_sp_copy(w, g, s) or user_xchg_sp(w, g, s):
+            return True
+        changed = restore_through_base(w, g, s) or changed
     if call:
         clobbered = _call_clobbers(prog, g)
         for r in clobbered:
@@ -393,7 +412,8 @@ def _user_slot_frame(s: list[int], op: d.StackOp) -> bool:
     """Profile user: the CFA through a stack slot holding a copy of the entry rsp.
 
     * ``mov %reg, disp(%rsp)`` while the CFA is ``reg + k`` (a frame register, after
-      a realignment): the CFA becomes ``*(rsp + disp) + k`` and %reg is free;
+      a realignment; rbp only when rsp's distance to the CFA is unknown, as after
+      ``xchg %rsp,%rbp``): the CFA becomes ``*(rsp + disp) + k`` and %reg is free;
     * push / pop / ``add $imm, %rsp`` move the slot's rsp offset; another write to
       rsp loses it;
     * ``mov disp(%rsp), %reg2`` from that slot: the CFA is ``reg2 + k`` again.
@@ -401,7 +421,8 @@ def _user_slot_frame(s: list[int], op: d.StackOp) -> bool:
     dtype, dreg, doff, stype, sreg, soff = op
     base = s[CFA_BASE]
     if dtype == d.D_REG_INDIRECT and dreg == d.SP and stype == d.S_REG and not s[DRAP] \
-            and 0 <= base < 16 and base not in (d.SP, d.BP) and sreg == base:
+            and 0 <= base < 16 and base != d.SP and sreg == base \
+            and (base != d.BP or s[STACK] <= _STACK_UNKNOWN):
         s[DRAP_OFF] = s[CFA_OFF]
         s[CFA_BASE] = USER_SP_DEREF
         s[CFA_OFF] = doff

@@ -26,8 +26,10 @@ from framevet.state import (
     CFA_BASE,
     CFA_OFF,
     DRAP,
+    DRAP_OFF,
     INITIAL_REGS,
     REGS,
+    STACK,
     UNDEFINED,
     VALS,
 )
@@ -97,7 +99,7 @@ def user_reg_move(w: Walker, g: int, s: list[int]) -> bool:
         return True
     if dst == d.BP and s[CFA_BASE] == d.SP and not s[DRAP] and _built_frame(w, g, src, s):
         return True
-    if s[VALS + 2 * src] == CFA:
+    if s[VALS + 2 * src] == CFA and _fresh_copy(w, g, src):
         s[VALS + 2 * dst] = CFA                              # a copy of a copy of rsp
         s[VALS + 2 * dst + 1] = s[VALS + 2 * src + 1]
         return True
@@ -125,16 +127,145 @@ def restore_through_base(w: Walker, g: int, s: list[int]) -> bool:
     return True
 
 
+def store_through_sp_copy(w: Walker, g: int, s: list[int]) -> bool:
+    """``mov %base, d(%r)`` while the CFA is ``base + k`` and ``%r`` was set by
+    ``lea o(%rsp), %r`` a few straight-line instructions before (OpenSSL's
+    whirlpool_block): the slot is ``rsp + o + d``, the CFA ``*(rsp+o+d) + k``."""
+    from framevet.stackmodel import USER_SP_DEREF, _writes
+
+    base = s[CFA_BASE]
+    prog = w.prog
+    if not 0 <= base < 16 or base == d.SP or base == d.BP or s[DRAP] or prog.length[g] > 8:
+        return False
+    m = _mem_mov(prog, g)
+    if m is None or not m[0] or m[1] != base or m[2] in (d.SP, base):
+        return False
+    r = m[2]
+    p = prog.prev_same_sec(g)
+    for _ in range(_WINDOW):
+        if p < 0 or prog.kind[p] not in (d.OTHER, d.NOP):
+            return False
+        ops = prog.ops[p]
+        if ops and ops[0][0] == d.D_REG and ops[0][1] == r and ops[0][4] == d.SP \
+                and ops[0][3] in (d.S_ADD, d.S_REG):
+            s[DRAP_OFF] = s[CFA_OFF]
+            s[CFA_BASE] = USER_SP_DEREF
+            s[CFA_OFF] = (ops[0][5] if ops[0][3] == d.S_ADD else 0) + m[3]
+            return True
+        if _writes(prog, p, r) or _writes(prog, p, d.SP) or _writes(prog, p, base):
+            return False
+        p = prog.prev_same_sec(p)
+    return False
+
+
+def user_xchg_sp(w: Walker, g: int, s: list[int]) -> bool:
+    """``xchg %rsp, %reg`` (OpenSSL's AES_cbc_encrypt switches to a realigned
+    area so): with the CFA on rsp it moves to %reg, which now holds the old rsp;
+    with the CFA on %reg it moves back to rsp; otherwise it is lost."""
+    from framevet.stackmodel import _STACK_UNKNOWN
+
+    prog = w.prog
+    n = prog.length[g]
+    if n not in (2, 3) or prog.kind[g] != d.OTHER:
+        return False
+    data = prog.elf.sections[prog.sec_of[g]].data
+    o = prog.off[g]
+    rex = data[o]
+    if rex & 0xF8 != 0x48:
+        return False
+    if n == 3 and data[o + 1] == 0x87 and data[o + 2] >> 6 == 3:
+        a = ((rex >> 2) & 1) << 3 | (data[o + 2] >> 3) & 7
+        b = (rex & 1) << 3 | data[o + 2] & 7
+    elif n == 2 and 0x91 <= data[o + 1] <= 0x97:
+        a, b = d.AX, (rex & 1) << 3 | data[o + 1] & 7
+    else:
+        return False
+    if a != d.SP and b != d.SP:
+        return False
+    reg = b if a == d.SP else a
+    if reg == d.SP or s[DRAP]:
+        return False
+    if s[CFA_BASE] == d.SP:
+        s[VALS + 2 * reg] = CFA
+        s[VALS + 2 * reg + 1] = -s[STACK]
+        s[CFA_BASE] = reg
+        s[STACK] = _STACK_UNKNOWN * 2
+    elif s[CFA_BASE] == reg:
+        s[STACK] = s[CFA_OFF]
+        s[CFA_BASE] = d.SP
+        s[VALS + 2 * reg] = UNDEFINED
+    else:
+        s[CFA_BASE] = UNDEFINED
+        s[CFA_OFF] = 0
+    return True
+
+
+_CS_ORDER = (d.BP, d.BX, d.R12, d.R13, d.R14, d.R15)
+
+
+def forget_overwritten(prog: Program, g: int, s: list[int]) -> None:
+    """Callee-saved registers instruction ``g`` may overwrite no longer hold a copy
+    of rsp (their copies are the ones :func:`copy_of_cfa` trusts); the register
+    the CFA is computed from is watched elsewhere, a copy ``g`` makes is kept."""
+    m = prog.cs_writes.get(g, 0)
+    if not m:
+        return
+    ops = prog.ops[g] or ()
+    for r in _CS_ORDER:
+        if (m >> r) & 1 and s[VALS + 2 * r] == CFA and r != s[CFA_BASE] and not any(
+                op[0] == d.D_REG and op[1] == r and op[4] == d.SP for op in ops):
+            s[VALS + 2 * r] = UNDEFINED
+
+
+def _fresh_copy(w: Walker, g: int, src: int) -> bool:
+    """``src`` still holds the copy of rsp its state says: callee-saved registers
+    are kept up to date (:func:`forget_overwritten`); another must have been set
+    from rsp a few straight-line instructions before, and not written since."""
+    from framevet.stackmodel import _writes
+
+    if src in _CS_ORDER:
+        return True
+    prog = w.prog
+    p = prog.prev_same_sec(g)
+    for _ in range(_WINDOW):
+        if p < 0 or prog.kind[p] not in (d.OTHER, d.NOP):
+            return False
+        ops = prog.ops[p]
+        if ops and ops[0][0] == d.D_REG and ops[0][1] == src and ops[0][4] == d.SP:
+            return True
+        if _writes(prog, p, src):
+            return False
+        p = prog.prev_same_sec(p)
+    return False
+
+
 def copy_of_cfa(s: list[int], base: int) -> bool:
-    """The CFA register ``base`` was overwritten: move the CFA to another register
-    known to hold ``CFA-k`` (rbp first), if there is one."""
-    for r in (d.BP, d.BX, d.R12, d.R13, d.R14, d.R15, d.R10, d.R11, d.R8, d.R9,
-              d.AX, d.CX, d.DX, d.SI, d.DI):
+    """The CFA register ``base`` was overwritten: move the CFA to a callee-saved
+    register known to hold ``CFA-k`` (rbp first), if there is one."""
+    for r in _CS_ORDER:
         if r != base and s[VALS + 2 * r] == CFA:
             s[CFA_BASE] = r
             s[CFA_OFF] = -s[VALS + 2 * r + 1]
             return True
     return False
+
+
+def user_lea_handoff(w: Walker, g: int, s: list[int]) -> bool:
+    """``lea d(%base), %reg`` while the CFA is ``base + k``, right before ``base`` is
+    reloaded through ``reg`` (perlasm's ``lea 0x78(%rbp),%rax; ...;
+    mov -8(%rax),%rbp``): the CFA moves to ``reg + k - d``."""
+    ops = w.prog.ops[g]
+    if not ops or len(ops) != 1:
+        return False
+    dtype, dst, _, stype, src, disp = ops[0]
+    if (dtype != d.D_REG or stype not in (d.S_ADD, d.S_REG) or dst == d.SP
+            or src != s[CFA_BASE] or src == d.SP or dst == src or s[DRAP]
+            or not _reloaded_through(w, g, src, dst)):
+        return False
+    s[CFA_BASE] = dst
+    s[CFA_OFF] -= disp if stype == d.S_ADD else 0
+    s[VALS + 2 * dst] = UNDEFINED
+    return True
 
 
 def _reloaded_through(w: Walker, g: int, base: int, copy: int) -> bool:
