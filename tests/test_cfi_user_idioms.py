@@ -15,7 +15,8 @@ from framevet.load import load_path
 MISMATCH = FIXTURES / "cfi-mismatch"
 
 IDIOMS = ["ok-built-frame.S", "ok-perlasm-copy.S", "ok-switch-mem-guard.S",
-          "ok-xchg-stack-switch.S", "ok-slot-through-lea.S", "ok-rsp-copy-variable-alloc.S"]
+          "ok-xchg-stack-switch.S", "ok-slot-through-lea.S", "ok-rsp-copy-variable-alloc.S",
+          "ok-call-second-entry.S"]
 
 
 def rows(name: str) -> list[tuple[int, str]]:
@@ -93,3 +94,11 @@ def test_variable_allocation_below_an_rsp_copy() -> None:
     assert (0x26, "cfa=rax+8 rbx=cfa-24 rbp=cfa-16 ra=cfa-8") in got
     assert got[-1] == (0x31, "cfa=rsp+8 ra=cfa-8")
     assert all("undefined" not in t for _, t in got)
+
+
+def test_call_to_a_second_entry_keeps_unwritten_registers() -> None:
+    """``call .Lenter`` into a local helper that never writes %r11: the CFA stays
+    on %r11 across the call (the ABI's clobber set would lose it)."""
+    got = rows("ok-call-second-entry.S")
+    assert got[-3:] == [(0x12, "cfa=r11+8 rbp=cfa-16 ra=cfa-8"), (0x2f, "cfa=r11+8 ra=cfa-8"),
+                        (0x32, "cfa=rsp+8 ra=cfa-8")]

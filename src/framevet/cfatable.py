@@ -288,11 +288,16 @@ def _calls_into_other_functions(prog: Program) -> None:
     """objtool takes a ``call`` to a label that starts no function for an
     intra-function call (a jump that keeps its push: kernel RSB stuffing).  In user
     code a call to a label inside *another* function is a call to a second entry
-    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns."""
+    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns.  The entry is
+    kept in ``prog._user_call_entry`` (what the callee may clobber)."""
+    entries: dict[int, int] = {}
+    prog._user_call_entry = entries  # type: ignore[attr-defined]
     for g in sorted(prog.intra_calls):
         dg = prog.jump_dest[g]
         fg, fd = prog.func[g], prog.func[dg] if dg >= 0 else -1
         if fg < 0 or fd < 0 or prog.functions[fg].parent != prog.functions[fd].parent:
+            if dg >= 0:
+                entries[g] = dg
             prog.kind[g] = d.CALL
             prog.jump_dest[g] = -1
             prog.ops[g] = None

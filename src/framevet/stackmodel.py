@@ -380,16 +380,22 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
 
 def _call_clobbers(prog: object, g: int) -> frozenset[int]:
     """Registers a call may clobber: the ABI's caller-saved ones, or -- for a local
-    helper that calls nothing itself (OpenSSL's ``_aesni_ctr32_6x``) -- only those
-    its instructions write."""
+    helper that calls nothing itself (OpenSSL's ``_aesni_ctr32_6x``, or a second
+    entry point inside one: ``call .L_aesni_encrypt6_enter``) -- only those its
+    instructions write."""
     from framevet.cfg import Program
 
     assert isinstance(prog, Program)
     abi = frozenset(_CALLER_SAVED)
     sym = prog.call_dest[g]
-    if prog.kind[g] != d.CALL or sym is None or not sym.defined:
+    if prog.kind[g] != d.CALL:
         return abi
-    start = prog.gid(sym.shndx, sym.offset)
+    if sym is None:                 # a second entry point inside another function
+        start = getattr(prog, "_user_call_entry", {}).get(g, -1)
+    elif sym.defined:
+        start = prog.gid(sym.shndx, sym.offset)
+    else:
+        return abi
     if start < 0 or prog.func[start] < 0:
         return abi
     fi = prog.func[start]
