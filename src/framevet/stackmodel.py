@@ -366,14 +366,8 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
         return changed
     if (call and b in clobbered) or (not call and _writes(prog, g, b)):
         s[VALS + 2 * b] = UNDEFINED
-        if copy_of_cfa(s, b):
-            pass
-        elif s[STACK] > _STACK_UNKNOWN:
-            s[CFA_BASE] = d.SP
-            s[CFA_OFF] = s[STACK]
-        else:
-            s[CFA_BASE] = UNDEFINED
-            s[CFA_OFF] = 0
+        if not copy_of_cfa(s, b):
+            _cfa_back_to_rsp(s)
         return True
     return changed
 
@@ -503,12 +497,7 @@ def _user_load_bp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
             or s[REGS + 2 * d.BP] != CFA or soff != s[REGS + 2 * d.BP + 1] + s[CFA_OFF]):
         return False
     _restore_reg(s, d.BP)
-    if s[STACK] > _STACK_UNKNOWN:
-        s[CFA_BASE] = d.SP
-        s[CFA_OFF] = s[STACK]
-    else:
-        s[CFA_BASE] = UNDEFINED
-        s[CFA_OFF] = 0
+    _cfa_back_to_rsp(s)
     return True
 
 
@@ -534,3 +523,14 @@ def _update_regs_hint(s: list[int], op: d.StackOp) -> None:
         s[CFA_OFF] -= 8
     if dtype == d.D_REG and stype == d.S_ADD and dreg == d.SP and sreg == d.SP:
         s[CFA_OFF] -= soff
+
+
+def _cfa_back_to_rsp(s: list[int]) -> None:
+    """The CFA's register is gone: express it from rsp when rsp's distance to it is
+    known, else it is lost."""
+    if s[STACK] > _STACK_UNKNOWN:
+        s[CFA_BASE] = d.SP
+        s[CFA_OFF] = s[STACK]
+    else:
+        s[CFA_BASE] = UNDEFINED
+        s[CFA_OFF] = 0
