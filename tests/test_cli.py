@@ -150,3 +150,23 @@ def test_every_rule_is_documented() -> None:
     assert [r for r in rules if f"`{r}`" not in doc] == []
     for r in rules.values():
         assert r.what and r.why and r.fix, r.id
+
+
+def test_linked_user_executable_and_shared_object_are_clean(tmp_path: Path) -> None:
+    """CRT stubs without sizes, PLT entries and calls into the PLT are not findings."""
+    import shutil
+    import subprocess as sp
+
+    src = tmp_path / "prog.c"
+    src.write_text("#include <stdio.h>\n#include <string.h>\n"
+                   "static int pick(int x) { switch (x) { case 0: return 3; case 1: return 7;"
+                   " case 2: return 11; case 3: return 13; case 4: return 17; default: return 0;"
+                   " } }\nint main(int argc, char **argv) { char buf[64];"
+                   " strcpy(buf, argv[0]); printf(\"%s %d\\n\", buf, pick(argc)); return 0; }\n")
+    cc = shutil.which("gcc") or "cc"
+    exe, so = tmp_path / "prog", tmp_path / "libprog.so"
+    sp.run([cc, "-O2", "-g", "-o", str(exe), str(src)], check=True)
+    sp.run([cc, "-O2", "-fPIC", "-shared", "-o", str(so), str(src)], check=True)
+    for image in (exe, so):
+        r = fv("check", "--profile", "user", str(image))
+        assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr

@@ -80,7 +80,13 @@ class Context:
 def analyse(obj: LoadedObject, options: Options) -> Context:
     """Build, walk and check one object; findings in objtool's reporting order."""
     options, refused = _link_options(obj, options)
-    prog = build(obj.elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
+    elf = obj.elf
+    if options.profile == "user" and not elf.relocatable:
+        # a stripped image: functions from its FDEs, as for ``framevet cfa``
+        from framevet.cfatable import with_fde_functions
+
+        elf = with_fde_functions(elf)
+    prog = build(elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)
     walk_opts = WalkOptions(stackval=options.stackval, uaccess=options.uaccess,
@@ -106,7 +112,7 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
         walker = Walker(prog, walk_opts)
         declare(walker)
         result = walker.run()
-    ctx = Context(obj, prog, result, options, SymbolIndex(obj.elf), hints)
+    ctx = Context(obj, prog, result, options, SymbolIndex(prog.elf), hints)
     if options.orc_only or refused:
         return ctx
     from framevet import rules

@@ -126,14 +126,22 @@ class Walker:
         order = sorted(range(len(prog.functions)),
                        key=lambda i: (prog.functions[i].sec, prog.functions[i].start,
                                       prog.functions[i].sym.index))
+        if prog.profile == "user":
+            # a cold part whose parent has no name (stripped image) is entered by a jump
+            # from that parent: walk it from its start only if nothing reached it
+            cold = [fi for fi in order if ".cold" in prog.functions[fi].name]
+            order = [fi for fi in order if ".cold" not in prog.functions[fi].name] + cold
         for fi in order:
             f = prog.functions[fi]
             if not f.canonical or f.parent != fi:
                 continue
             if not f.sym.size:
-                self.warnings.append(Warning(-1, "missing-elf-size",
-                                             f"{f.name}() is missing an ELF size annotation"))
-                if prog.profile != "user":      # user: cfg sized it up to the next symbol
+                # a linked user image's toolchain stubs (_init, frame_dummy, ...) have no
+                # sizes by design; there cfg sized them up to the next symbol
+                if prog.profile != "user" or prog.elf.relocatable:
+                    self.warnings.append(Warning(
+                        -1, "missing-elf-size", f"{f.name}() is missing an ELF size annotation"))
+                if prog.profile != "user":
                     continue
             g = prog.gid(f.sec, f.start)
             if g < 0 or self.visited[g] or g in self.ignored:

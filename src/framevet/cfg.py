@@ -495,6 +495,11 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
                     prog.problem("unannotated-intra-function-call",
                                  "unannotated intra-function call", g, fatal=True)
                     dest = named_at.get(key)
+                if dest is None and key[0] != sec and not prog.elf.relocatable:
+                    # a linked image's call into the PLT (or another section with no
+                    # symbol there): an ordinary call to code framevet cannot name
+                    prog.ops[g] = None
+                    continue
                 if dest is None:
                     _intra_function_call(prog, g, *key)
                     continue

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from framevet import decode as d
+from framevet.noreturn import is_noreturn
 from framevet.rules import Rule, register
 from framevet.state import CFA_BASE, DRAP, STACK, UNDEFINED
 
@@ -25,6 +26,10 @@ def check(ctx: Context) -> Iterator[Finding]:
         if g in prog.intra_calls:
             continue
         cd = prog.call_dest[g]
+        if k == d.CALL and is_noreturn(prog, cd):
+            continue  # GCC does not align for calls that never return (abort, panic)
+        if ".cold" in prog.functions[prog.func[g]].name:
+            continue  # cold partitions: error paths into noreturn calls framevet cannot name
         if k == d.CALL and cd is not None and cd.defined:
             # GCC's -fipa-stack-alignment skips the adjustment for callees in the same
             # object that it knows do not need it; only calls out can be judged

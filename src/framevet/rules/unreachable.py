@@ -43,8 +43,11 @@ def _ignored(ctx: Context, g: int) -> bool:
     k = prog.kind[g]
     if g in ctx.hints.ignored_gids or k == d.NOP or k == d.TRAP:
         return True
-    if prog.section_name(prog.sec_of[g]) in SKIP_ORC_SECTIONS:
+    name = prog.section_name(prog.sec_of[g])
+    if name in SKIP_ORC_SECTIONS:
         return True
+    if name.startswith(".plt") and not prog.elf.relocatable:
+        return True  # PLT stubs: entered through the GOT by the dynamic linker
     fi = prog.func[g]
     if fi < 0:
         return False
