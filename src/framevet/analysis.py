@@ -81,11 +81,12 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     """Build, walk and check one object; findings in objtool's reporting order."""
     options, refused = _link_options(obj, options)
     elf = obj.elf
-    if options.profile == "user" and not elf.relocatable:
+    if (options.profile == "user" and not elf.relocatable
+            and elf.section(".symtab") is None):
         # a stripped image: functions from its FDEs, as for ``framevet cfa``
         from framevet.cfatable import with_fde_functions
 
-        elf = with_fde_functions(elf)
+        elf = with_fde_functions(elf, skip_plt=True)
     prog = build(elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
     hints = read_hints(obj, prog, options.hints_file)
     prog.declared_noreturn.update(n for n, dcl in hints.functions.items() if dcl.noreturn)

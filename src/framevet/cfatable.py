@@ -238,7 +238,7 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
 USER_ENTRY_UNKNOWN = frozenset({"__restore_rt"})
 
 
-def with_fde_functions(elf: ElfObject) -> ElfObject:
+def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
     """A linked image whose symbol table leaves code out (stripped: only .dynsym):
     a copy with one local STT_FUNC per FDE that starts where no function does, so
     that local functions are walked from their entry, and calls to them are calls."""
@@ -255,6 +255,8 @@ def with_fde_functions(elf: ElfObject) -> ElfObject:
         if fde.section < 0 or (fde.section, fde.start) in starts or fde.end <= fde.start:
             continue
         sec = elf.sections[fde.section]
+        if skip_plt and sec.name.startswith(".plt"):
+            continue  # lazy-binding stubs: entered through the GOT, not called
         starts.add((fde.section, fde.start))
         if called is None:
             called = _call_targets(elf)

@@ -584,6 +584,14 @@ def _dead_ends(prog: Program) -> None:
     for g, k in enumerate(kind):
         if k == d.BUG:
             prog.dead_end[g] = 1
+    if prog.profile == "user":
+        # hlt faults in user space (_start ends with it after __libc_start_main)
+        for ds in prog.sections:
+            data = prog.elf.sections[ds.index].data
+            base = prog.base[ds.index]
+            for i, (o, n) in enumerate(zip(ds.off, ds.length, strict=True)):
+                if n == 1 and data[o] == 0xF4:
+                    prog.dead_end[base + i] = 1
     bug = prog.elf.section("__bug_table")
     if bug is None or not bug.data:
         return

@@ -50,7 +50,9 @@ def _ignored(ctx: Context, g: int) -> bool:
         return True  # PLT stubs: entered through the GOT by the dynamic linker
     fi = prog.func[g]
     if fi < 0:
-        return False
+        # a linked user image's code outside every function (stripped CRT stubs): no
+        # function boundary to judge reachability by
+        return prog.profile == "user" and not prog.elf.relocatable
     prev = g - 1
     if prev >= 0 and (prog.dead_end[prev] or (
             prog.kind[prev] == d.CALL and is_noreturn(prog, prog.call_dest[prev]))):
