@@ -22,7 +22,7 @@ safely can.
 from __future__ import annotations
 
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from framevet import decode as d
@@ -169,6 +169,17 @@ class Program:
             return -1
         i = ds.at.get(off)
         return -1 if i is None else self.base[sec] + i
+
+    def containing(self, sec: int, off: int) -> int:
+        """The instruction whose bytes hold ``sec+off`` (a relocation, a jump into the
+        middle of an instruction), or -1."""
+        ds = self.secmap.get(sec)
+        if ds is None:
+            return -1
+        i = bisect_right(ds.off, off) - 1
+        if i < 0 or off >= ds.off[i] + ds.length[i]:
+            return -1
+        return self.base[sec] + i
 
     def next_same_sec(self, g: int) -> int:
         return -1 if self.sec_last[g] else g + 1
@@ -536,19 +547,12 @@ _PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
 def _past_prefixes(prog: Program, sec: int, off: int) -> int:
     """glibc's single-thread fast path jumps over a ``lock`` prefix into the middle
     of the instruction: the target is that instruction, minus its prefixes."""
-    ds = prog.secmap.get(sec)
-    if ds is None:
+    g = prog.containing(sec, off)
+    if g < 0 or prog.off[g] == off:
         return -1
-    from bisect import bisect_right
-
-    i = bisect_right(ds.off, off) - 1
-    if i < 0:
-        return -1
-    start = ds.off[i]
+    start = prog.off[g]
     data = prog.elf.sections[sec].data
-    if start < off < start + ds.length[i] and all(b in _PREFIXES for b in data[start:off]):
-        return prog.base[sec] + i
-    return -1
+    return g if all(b in _PREFIXES for b in data[start:off]) else -1
 
 
 def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:

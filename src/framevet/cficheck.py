@@ -211,12 +211,8 @@ class _Checker:
     def _in_padding(self, sec: int, off: int) -> bool:
         """``off`` is inside a padding nop (glibc starts ``__restore_rt``'s FDE one byte
         early, so that unwinders looking up pc-1 find it)."""
-        prog = self.prog
-        ds = prog.secmap[sec]
-        from bisect import bisect_right
-
-        i = bisect_right(ds.off, off) - 1
-        return i >= 0 and prog.kind[prog.base[sec] + i] in _PADDING
+        g = self.prog.containing(sec, off)
+        return g >= 0 and self.prog.kind[g] in _PADDING
 
     # -- cfi-mismatch ---------------------------------------------------------------
     def _compare(self, fde: FdeTable) -> None:

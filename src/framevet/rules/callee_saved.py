@@ -133,7 +133,7 @@ def _private_functions(ctx: Context, among: set[int]) -> set[int]:
             if spot not in local:
                 continue
             if is_code:
-                g = _insn_at(prog, sec_index, r.offset)
+                g = prog.containing(sec_index, r.offset)
                 if g >= 0 and prog.kind[g] in branch_kinds:
                     continue
             taken.add(spot)
@@ -144,18 +144,6 @@ def _private_functions(ctx: Context, among: set[int]) -> set[int]:
                 and (f.sec, f.start) not in taken and f.name not in ctx.hints.functions):
             out.add(fi)
     return out
-
-
-def _insn_at(prog: object, sec: int, off: int) -> int:
-    """The instruction whose bytes hold ``sec+off`` (relocations sit inside them)."""
-    p = prog
-    ds = p.secmap.get(sec)  # type: ignore[attr-defined]
-    if ds is None:
-        return -1
-    from bisect import bisect_right
-
-    i = bisect_right(ds.off, off) - 1
-    return p.base[sec] + i if i >= 0 else -1  # type: ignore[attr-defined]
 
 
 RULE = register(Rule(

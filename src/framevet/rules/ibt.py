@@ -13,7 +13,6 @@ reported while the hints are read (:mod:`framevet.annotations`).
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -53,14 +52,12 @@ def check(ctx: Context) -> Iterator[Finding]:
         rels = elf.relocs.get(ds.index)
         if not rels:
             continue
-        base = prog.base[ds.index]
         last = -1
         for r in rels:
-            i = bisect_right(ds.off, r.offset) - 1
-            if i < 0 or r.offset == last:
+            if r.offset == last:
                 continue
-            g = base + i
-            if r.offset >= prog.off[g] + prog.length[g] or prog.kind[g] in _BRANCHES:
+            g = prog.containing(ds.index, r.offset)
+            if g < 0 or prog.kind[g] in _BRANCHES:
                 continue
             last = r.offset
             dest = _dest(ctx, r, code=True)
