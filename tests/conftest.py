@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,12 @@ def assemble(src: Path, flags: tuple[str, ...] = ()) -> Path:
         subprocess.run([cc, "-c", *flags, "-o", str(tmp), str(src)], check=True)
         tmp.replace(out)
     return out
+
+
+def fv(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``framevet`` command line as a user would, in a child process."""
+    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
+                          text=True, check=False, timeout=timeout)
 
 
 def corpus_required() -> Path:

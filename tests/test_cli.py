@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
-from conftest import FIXTURES, ROOT, assemble
+from conftest import FIXTURES, ROOT, assemble, fv
 
 SEEDS = FIXTURES / "seeds"
 SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
 
-
-def fv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
-                          text=True, check=False, timeout=120)
 
 
 def test_exit_codes() -> None:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, assemble, corpus_required
+from conftest import FIXTURES, assemble, corpus_required, fv
 
 
 def run(*args: str, timeout: int = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return fv(*args, timeout=timeout)
 
 
 def assert_one_error(r: subprocess.CompletedProcess[str], path: Path, reason: str) -> None:

@@ -6,20 +6,15 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, assemble, corpus_required
+from conftest import FIXTURES, ROOT, assemble, corpus_required, fv
 
 MODULES = ["msr", "crc32c-intel", "aesni-intel", "kvm-intel"]
 RECORDED = ROOT / "tests" / "data" / "roundtrip"
 OBJTOOL = shutil.which("objtool") or "/opt/kbuild/usr/lib/linux-kbuild-6.1/tools/objtool/objtool"
 
-
-def fv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
-                          text=True, check=False)
 
 
 @pytest.mark.parametrize("name", MODULES)
