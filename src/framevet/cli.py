@@ -129,24 +129,47 @@ def _options(args: argparse.Namespace) -> Any:
         objtool_only=args.objtool_only, module=args.module)
 
 
-def check_file(task: str | tuple[str, range], options: Any,
-               cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """Worker: every finding of every object in ``path`` (as JSON dicts), or an error line.
-    A task is a path, or (archive path, member numbers)."""
-    from framevet.analysis import analyse
+def findings_of(task: str | tuple[str, range], job: str, options: Any,
+                cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """Worker: the findings (as JSON dicts) of every object in a task -- a path, or
+    (archive path, member numbers) -- for ``job`` "check" or "cfi"; or an error line."""
     from framevet.load import load_path
 
     path, members = (task, None) if isinstance(task, str) else task
     try:
         out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags, members):
-            ctx = analyse(obj, options)
-            out.extend(_pack(f) for f in ctx.findings)
+            if job == "cfi":
+                from framevet.cficheck import check_cfi
+
+                found: Iterable[Any] = check_cfi(obj)
+            else:
+                from framevet.analysis import analyse
+
+                found = analyse(obj, options).findings
+            out.extend(_pack(f) for f in found)
         return out, ""
     except InputError as exc:
         return [], str(exc)
     except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
         return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
+
+
+def collect(args: argparse.Namespace, job: str, options: Any) -> tuple[list[Any], int]:
+    """Run ``job`` over every input in parallel: (findings in input order, error count);
+    error lines go to stderr as they are met."""
+    tasks = split_tasks(args.files, args.jobs)
+    _preload()
+    findings: list[Any] = []
+    errors = 0
+    for _task, (packed, err) in run_parallel(tasks, findings_of,
+                                             (job, options, args.cflags.split()),
+                                             args.jobs, not args.no_progress):
+        if err:
+            print(err, file=sys.stderr)
+            errors += 1
+        findings.extend(_unpack(d) for d in packed)
+    return findings, errors
 
 
 def _pack(f: Any) -> dict[str, Any]:
@@ -246,18 +269,7 @@ def _preload() -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    options = _options(args)
-    cflags = args.cflags.split()
-    findings: list[Any] = []
-    errors = 0
-    tasks = split_tasks(args.files, args.jobs)
-    _preload()
-    for _task, (packed, err) in run_parallel(tasks, check_file, (options, cflags),
-                                             args.jobs, not args.no_progress):
-        if err:
-            print(err, file=sys.stderr)
-            errors += 1
-        findings.extend(_unpack(d) for d in packed)
+    findings, errors = collect(args, "check", _options(args))
     _emit(findings, args.format, getattr(args, "output", None))
     return _exit(findings, errors, args.fail_on)
 
@@ -361,33 +373,8 @@ def cmd_cfa(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
-def cfi_file(task: str | tuple[str, range],
-             cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
-    from framevet.cficheck import check_cfi
-    from framevet.load import load_path
-
-    path, members = (task, None) if isinstance(task, str) else task
-    try:
-        out: list[dict[str, Any]] = []
-        for obj in load_path(path, cflags, members):
-            out.extend(_pack(f) for f in check_cfi(obj))
-        return out, ""
-    except InputError as exc:
-        return [], str(exc)
-    except Exception as exc:  # noqa: BLE001
-        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
-
-
 def cmd_cfi(args: argparse.Namespace) -> int:
-    findings: list[Any] = []
-    errors = 0
-    tasks = split_tasks(args.files, args.jobs)
-    for _task, (packed, err) in run_parallel(tasks, cfi_file, (args.cflags.split(),),
-                                             args.jobs, not args.no_progress):
-        if err:
-            print(err, file=sys.stderr)
-            errors += 1
-        findings.extend(_unpack(d) for d in packed)
+    findings, errors = collect(args, "cfi", None)
     _emit(findings, args.format, None)
     return _exit(findings, errors, args.fail_on)
 
