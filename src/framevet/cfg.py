@@ -25,6 +25,8 @@ import struct
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
+import iced_x86
+
 from framevet import decode as d
 from framevet.decode import DecodedSection, decode_section
 from framevet.load.elf import (
@@ -169,6 +171,14 @@ class Program:
             return -1
         i = ds.at.get(off)
         return -1 if i is None else self.base[sec] + i
+
+    def instruction(self, g: int, address: bool = False) -> iced_x86.Instruction:
+        """Instruction ``g`` decoded again with all of iced's detail (the compact records
+        keep only what the walk needs); its ip is the section offset, or the address."""
+        sec = self.elf.sections[self.sec_of[g]]
+        off = self.off[g]
+        ip = sec.addr + off if address else off
+        return iced_x86.Decoder(64, sec.data[off:off + self.length[g]], ip=ip).decode()
 
     def containing(self, sec: int, off: int) -> int:
         """The instruction whose bytes hold ``sec+off`` (a relocation, a jump into the

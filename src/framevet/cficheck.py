@@ -506,11 +506,7 @@ class _Checker:
 
     # -- explanations -------------------------------------------------------------
     def _disasm(self, g: int) -> str:
-        prog = self.prog
-        sec = self.elf.sections[prog.sec_of[g]]
-        o = prog.off[g]
-        ins = iced_x86.Decoder(64, sec.data[o:o + prog.length[g]], ip=sec.addr + o).decode()
-        return str(self.fmt.format(ins))
+        return str(self.fmt.format(self.prog.instruction(g, address=True)))
 
     def _name(self, g: int) -> str:
         return self.syms.locate(self.prog.sec_of[g], self.prog.off[g]).text()

@@ -158,6 +158,32 @@ SP_MARK = -1
 _OP0_INFO: dict[int, int] = dict(_CS_REG)
 _OP0_INFO.update({r: SP_MARK for r in (Register.RSP, Register.ESP, Register.SP, Register.SPL)})
 
+#: operand accesses that may change the operand
+WRITE_ACCESS = frozenset({iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
+                          iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE})
+#: iced's operand-access analysis, for the few instructions decoded again in full
+INFO = iced_x86.InstructionInfoFactory()
+#: any general-purpose register (every width, ah..bh included) -> its hardware number
+_FULL_HW = {r: _HW[iced_x86.RegisterExt.full_register(r)] for r in _HW}  # type: ignore[arg-type]
+
+
+def hw_register(reg: int) -> int:
+    """Hardware number of the general-purpose register ``reg`` belongs to, else -1."""
+    return _FULL_HW.get(reg, -1)
+
+
+def gprs_written(info: iced_x86.InstructionInfo) -> int:
+    """Bit mask (hardware numbers) of the general-purpose registers an instruction may
+    write, from its :data:`INFO` analysis: implicit writes included (cpuid, xchg...)."""
+    mask = 0
+    for u in info.used_registers():
+        if u.access in WRITE_ACCESS:
+            hw = _FULL_HW.get(u.register)
+            if hw is not None:
+                mask |= 1 << hw
+    return mask
+
+
 _MEM = OpKind.MEMORY
 _REGK = OpKind.REGISTER
 _RIP = Register.RIP

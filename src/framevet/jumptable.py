@@ -200,27 +200,17 @@ class _Decoder:
     def __init__(self, prog: Program) -> None:
         self.prog = prog
         self.cache: dict[int, iced_x86.Instruction] = {}
-        self.info = iced_x86.InstructionInfoFactory()
 
     def __call__(self, g: int) -> iced_x86.Instruction:
         ins = self.cache.get(g)
         if ins is None:
-            prog = self.prog
-            sec = prog.elf.sections[prog.sec_of[g]]
-            off = prog.off[g]
-            ins = iced_x86.Decoder(64, sec.data[off:off + prog.length[g]],
-                                   ip=sec.addr + off).decode()
+            ins = self.prog.instruction(g, address=True)
             self.cache[g] = ins
         return ins
 
     def writes(self, g: int, full_reg: int) -> bool:
-        ins = self(g)
-        for u in self.info.info(ins).used_registers():
-            if (u.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
-                             iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE)
-                    and iced_x86.RegisterExt.full_register(u.register) == full_reg):
-                return True
-        return False
+        hw = d.hw_register(full_reg)
+        return hw >= 0 and bool(d.gprs_written(d.INFO.info(self(g))) >> hw & 1)
 
 
 def _full(r: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import iced_x86
-from iced_x86 import OpAccess, OpKind, Register, RegisterExt
+from iced_x86 import OpAccess, OpKind, Register
 
 from framevet import decode as d
 from framevet.cfg import Program, is_noreturn, is_sibling_call
@@ -36,16 +36,6 @@ from framevet.state import (
 REGS_BP = 9 + 2 * d.BP
 
 TRACKED = (d.BX, d.BP, d.R12, d.R13, d.R14, d.R15)
-_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE, OpAccess.READ_COND_WRITE)
-_MEM_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE,
-               OpAccess.READ_COND_WRITE)
-_FULL = {}
-for _r in range(1, 256):
-    try:
-        _full = RegisterExt.full_register(_r)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - not every number is a register
-        continue
-    _FULL[_r] = _full
 _HW64 = {getattr(Register, n): i for i, n in enumerate(
     ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI"] + [f"R{k}" for k in range(8, 16)])}
 
@@ -61,28 +51,20 @@ class Effect:
     mem_read: tuple[int, int] | None = None      # (base, disp) of any rsp/rbp-based read
 
 
-_factory = iced_x86.InstructionInfoFactory()
 
 
 def effects(prog: Program, gids: list[int]) -> dict[int, Effect]:
     """Decode ``gids`` again with full operand information."""
     out: dict[int, Effect] = {}
     for g in gids:
-        sec = prog.elf.sections[prog.sec_of[g]]
-        off, n = prog.off[g], prog.length[g]
-        ins = iced_x86.Decoder(64, sec.data[off:off + n], ip=off).decode()
-        out[g] = _effect(ins)
+        out[g] = _effect(prog.instruction(g))
     return out
 
 
 def _effect(ins: iced_x86.Instruction) -> Effect:
     e = Effect()
-    info = _factory.info(ins)
-    for ur in info.used_registers():
-        if ur.access in _WRITES:
-            hw = _HW64.get(_FULL.get(ur.register, 0))
-            if hw is not None:
-                e.writes |= 1 << hw
+    info = d.INFO.info(ins)
+    e.writes = d.gprs_written(info)
     mn = ins.mnemonic
     if (mn == iced_x86.Mnemonic.MOV and ins.op_count == 2 and ins.op0_kind == OpKind.REGISTER
             and ins.op1_kind == OpKind.REGISTER):
@@ -94,7 +76,7 @@ def _effect(ins: iced_x86.Instruction) -> Effect:
         if base not in (d.SP, d.BP) or um.index != Register.NONE:
             continue
         disp = um.displacement - (1 << 64) if um.displacement >= 1 << 63 else um.displacement
-        if um.access in _MEM_WRITES and mn != iced_x86.Mnemonic.PUSH and \
+        if um.access in d.WRITE_ACCESS and mn != iced_x86.Mnemonic.PUSH and \
                 mn != iced_x86.Mnemonic.CALL:
             src = -1
             if mn == iced_x86.Mnemonic.MOV and ins.op1_kind == OpKind.REGISTER:

@@ -303,32 +303,15 @@ def _next_is_realign(w: Walker, g: int, reg: int = -1) -> bool:
     return False
 
 
-_INFO = None
-
-
 def _writes(prog: object, g: int, reg: int) -> bool:
     """Instruction ``g`` may write hardware register ``reg`` (iced, decoded again)."""
-    import iced_x86
-
-    global _INFO
-    if _INFO is None:
-        _INFO = iced_x86.InstructionInfoFactory()
     from framevet.cfg import Program
 
     assert isinstance(prog, Program)
     ops = prog.ops[g]
     if ops and any(op[0] == d.D_REG and op[1] == reg for op in ops):
         return True
-    sec = prog.elf.sections[prog.sec_of[g]]
-    o = prog.off[g]
-    ins = iced_x86.Decoder(64, sec.data[o:o + prog.length[g]], ip=o).decode()
-    for u in _INFO.info(ins).used_registers():
-        if u.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
-                        iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE):
-            full = iced_x86.RegisterExt.full_register(u.register)
-            if d._HW.get(full, -1) == reg:
-                return True
-    return False
+    return bool(d.gprs_written(d.INFO.info(prog.instruction(g))) >> reg & 1)
 
 
 _CALLER_SAVED = (d.AX, d.CX, d.DX, d.SI, d.DI, d.R8, d.R9, d.R10, d.R11)

@@ -63,9 +63,7 @@ def _mem_mov(prog: Program, g: int) -> tuple[bool, int, int, int] | None:
 
     if prog.kind[g] != d.OTHER:
         return None
-    sec = prog.elf.sections[prog.sec_of[g]]
-    o = prog.off[g]
-    ins = iced_x86.Decoder(64, sec.data[o:o + prog.length[g]], ip=o).decode()
+    ins = prog.instruction(g)
     if ins.mnemonic != iced_x86.Mnemonic.MOV or ins.memory_index != iced_x86.Register.NONE:
         return None
     if ins.op0_kind == iced_x86.OpKind.MEMORY and ins.op1_kind == iced_x86.OpKind.REGISTER:

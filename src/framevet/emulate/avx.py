@@ -12,8 +12,7 @@ calls and returns" (what GCC and clang emit) exists to avoid.
 
 from __future__ import annotations
 
-import iced_x86
-from iced_x86 import Mnemonic, OpAccess, Register
+from iced_x86 import Mnemonic, Register
 
 from framevet import decode as d
 from framevet.cfg import Program
@@ -24,19 +23,15 @@ _WIDE = frozenset(r for name in dir(Register)
                   if name.startswith(("YMM", "ZMM")) and name[3:].isdigit()
                   for r in [getattr(Register, name)])
 _CLEAN = (Mnemonic.VZEROUPPER, Mnemonic.VZEROALL)
-_WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE, OpAccess.COND_WRITE, OpAccess.READ_COND_WRITE)
-_factory = iced_x86.InstructionInfoFactory()
 
 
 def _effect(prog: Program, g: int) -> int:
     """+1 dirties the upper halves, -1 cleans them, 0 leaves them."""
-    sec = prog.elf.sections[prog.sec_of[g]]
-    off, n = prog.off[g], prog.length[g]
-    ins = iced_x86.Decoder(64, sec.data[off:off + n], ip=off).decode()
+    ins = prog.instruction(g)
     if ins.mnemonic in _CLEAN:
         return -1
-    for ur in _factory.info(ins).used_registers():
-        if ur.register in _WIDE and ur.access in _WRITES:
+    for ur in d.INFO.info(ins).used_registers():
+        if ur.register in _WIDE and ur.access in d.WRITE_ACCESS:
             return 1
     return 0
 
