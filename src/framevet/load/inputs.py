@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from framevet.errors import InputError
@@ -76,7 +75,3 @@ def load_path(path: str, cflags: list[str] | None = None,
             raise InputError(path, "archive holds no ELF objects")
         return out
     return [LoadedObject(parse_elf(data, path), path)]
-
-
-def display_name(path: str) -> str:
-    return os.path.normpath(path)
