@@ -24,10 +24,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from framevet import decode as d  # noqa: E402
-from framevet.analysis import Options, analyse  # noqa: E402
-from framevet.cfg import _bug_entries  # noqa: E402
+from framevet.cfg.program import _bug_entries  # noqa: E402
+from framevet.decode import insn as d  # noqa: E402
 from framevet.load import load_path  # noqa: E402
+from framevet.pipeline import Options, analyse  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "..", "shared", "corpus", "kmod")
 LINE = re.compile(r"^(?P<file>[^:]+): warning: objtool: (?P<where>[^:]+): (?P<msg>.*)$")

@@ -7,9 +7,9 @@ extracted with ``ar x`` into a temporary directory, this script
 * runs ``readelf -SW -sW -rW -wF`` and parses that *text* -- sections, symbols,
   the relocations of ``.eh_frame``/``.debug_frame`` (which say which section an
   FDE of a relocatable object covers) and the decoded per-address CFI table.
-  Nothing here uses framevet's own DWARF reader (``framevet.dwarf``) or its
-  comparison code (``framevet.cficheck``): the oracle is binutils;
-* asks framevet for its per-instruction rule (``framevet.cfatable``, profile
+  Nothing here uses framevet's own DWARF reader (``framevet.unwind.dwarf``) or its
+  comparison code (``framevet.unwind.cficheck``): the oracle is binutils;
+* asks framevet for its per-instruction rule (``framevet.unwind.cfatable``, profile
   ``user``);
 * compares the CFA rule (base register and offset; a DWARF expression such as
   GCC's DRAP ``DW_OP_breg6 -8; DW_OP_deref`` against framevet's dereferenced
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from framevet.cfatable import CFA_DEREF, CFA_REG, CfaRule, cfa_table  # noqa: E402
 from framevet.load import load_path  # noqa: E402
+from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule, cfa_table  # noqa: E402
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.a"
 DWARF_NAMES = ["rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",

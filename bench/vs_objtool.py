@@ -71,17 +71,17 @@ def profile(modules: list[str]) -> tuple[int, dict[str, float]]:
     """One single-process pass with phase timings; returns (instructions, seconds by phase)."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
     from framevet import rules
-    from framevet.analysis import Options
-    from framevet.cfa import Walker, WalkOptions
-    from framevet.cfg import build
-    from framevet.hints import read_hints
+    from framevet.cfg.declarations import read_hints
+    from framevet.cfg.program import build
+    from framevet.findings import SymbolIndex
     from framevet.load import load_path
-    from framevet.report.findings import SymbolIndex
+    from framevet.pipeline import Options
+    from framevet.stack.walker import Walker, WalkOptions
 
     phases = dict.fromkeys(("load", "decode+cfg", "cfa walk", "rules"), 0.0)
     insns = 0
     registry = rules.all_rules()
-    from framevet.analysis import Context
+    from framevet.pipeline import Context
 
     for m in modules:
         t0 = time.perf_counter()

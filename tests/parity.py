@@ -8,10 +8,10 @@ from pathlib import Path
 
 from conftest import FIXTURES, assemble
 
-from framevet.analysis import Options, analyse
 from framevet.load import LoadedObject
 from framevet.load.elf import parse_elf
-from framevet.orc import dump_text, generate
+from framevet.pipeline import Options, analyse
+from framevet.unwind.orc import dump_text, generate
 
 #: folders whose fixtures are not objtool recordings
 NOT_OBJTOOL = {"emulate", "cfi-mismatch", "cfi-missing", "seeds"}

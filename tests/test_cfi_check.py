@@ -1,4 +1,4 @@
-"""framevet.cficheck on assembled fixtures: deliberately wrong CFI is reported at
+"""framevet.unwind.cficheck on assembled fixtures: deliberately wrong CFI is reported at
 the right instruction with the right explanation and a fix that works; correct
 CFI in GCC's and hand-written assembly's styles yields nothing.
 """
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from framevet import decode as d
-from framevet.cfatable import CFA_UNDEFINED, cfa_table
-from framevet.cficheck import CfiFinding, apply_fixes, check_cfi
+from framevet.decode import insn as d
 from framevet.load import load_path
+from framevet.unwind.cfatable import CFA_UNDEFINED, cfa_table
+from framevet.unwind.cficheck import CfiFinding, apply_fixes, check_cfi
 
 MISMATCH = FIXTURES / "cfi-mismatch"
 MISSING = FIXTURES / "cfi-missing"
@@ -169,8 +169,7 @@ def test_stripped_shared_object(tmp_path: Path) -> None:
 
     from conftest import assemble
 
-    from framevet import dwarf
-
+    from framevet.unwind import dwarf
     so = tmp_path / "sw.so"
     subprocess.run(["gcc", "-shared", "-nostdlib", "-o", str(so),
                     str(assemble(MISMATCH / "ok-gcc-switch.S"))], check=True)

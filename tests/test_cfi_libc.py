@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from test_dwarf import libc_member
 
-from framevet import decode as d
-from framevet import dwarf
-from framevet.cfatable import cfa_table
-from framevet.cficheck import check_cfi
+from framevet.decode import insn as d
 from framevet.load import load_path
+from framevet.unwind import dwarf
+from framevet.unwind.cfatable import cfa_table
+from framevet.unwind.cficheck import check_cfi
 
 
 def cfa_agreement(path: Path) -> tuple[int, int, int]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from conftest import FIXTURES
 
-from framevet.cfatable import cfa_table
-from framevet.cficheck import check_cfi
 from framevet.load import load_path
+from framevet.unwind.cfatable import cfa_table
+from framevet.unwind.cficheck import check_cfi
 
 MISMATCH = FIXTURES / "cfi-mismatch"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED, corpus_required
 
-from framevet.analysis import Options, analyse
 from framevet.load import load_path
-from framevet.orc import dump_text, generate
+from framevet.pipeline import Options, analyse
+from framevet.unwind.orc import dump_text, generate
 
 SAMPLE = ["kvm-intel", "crc32c-intel", "aesni-intel", "sch_qfq", "xen-netfront", "msr",
           "poly1305-x86_64", "chacha-x86_64"]

@@ -1,7 +1,7 @@
-"""framevet.dwarf: .eh_frame/.debug_frame read into per-FDE rule tables.
+"""framevet.unwind.dwarf: .eh_frame/.debug_frame read into per-FDE rule tables.
 
 The oracle is binutils: ``readelf -wF`` text, parsed by the bench script's own
-parser (independent of framevet.dwarf), for relocatable objects (libc.a
+parser (independent of framevet.unwind.dwarf), for relocatable objects (libc.a
 members), a shared object linked here, and .debug_frame.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ROOT, assemble
 
-from framevet import dwarf
-from framevet.cfatable import CFA_DEREF, CFA_REG, CfaRule
 from framevet.load import load_path
 from framevet.load.elf import parse_elf
+from framevet.unwind import dwarf
+from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule
 
 LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 

@@ -1,4 +1,4 @@
-"""Emulation behind `framevet abi` / `framevet diff` (framevet.emulate.cli_glue)."""
+"""Emulation behind `framevet abi` / `framevet diff` (framevet.cli.emulation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from framevet.emulate.cli_glue import parse_side, read_sidecar, run_abi_command, run_diff_command
+from framevet.cli.emulation import parse_side, read_sidecar, run_abi_command, run_diff_command
 from framevet.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
@@ -68,7 +68,7 @@ def test_diff_command_and_raw_sides() -> None:
 
 
 def test_cli_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
-    from framevet.cli import main
+    from framevet.cli.main import main
 
     assert main(["abi", SAVE, "--function", "extra_regs_push", "--runs", "2"]) == 0
     assert main(["abi", SAVE, "--function", "extra_regs_slots", "--runs", "2",

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from conftest import assemble
 
-from framevet.analysis import Options, analyse
 from framevet.load import LoadedObject
 from framevet.load.elf import parse_elf
-from framevet.orc import dump_text, generate
+from framevet.pipeline import Options, analyse
+from framevet.unwind.orc import dump_text, generate
 
 
 def _ctx(tmp: Path, body: str, **opts: object):  # type: ignore[no-untyped-def]

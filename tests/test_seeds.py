@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import FIXTURES
 
-from framevet.analysis import Options, analyse
 from framevet.load import load_path
+from framevet.pipeline import Options, analyse
 
 SEEDS = FIXTURES / "seeds"
 

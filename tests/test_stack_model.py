@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import assemble
 
-from framevet.cfa import walk
-from framevet.cfg import build
+from framevet.cfg.program import build
+from framevet.decode.state import BP_INDIRECT, CFA_BASE, CFA_OFF, UNDEFINED
 from framevet.load.elf import parse_elf
-from framevet.state import BP_INDIRECT, CFA_BASE, CFA_OFF, UNDEFINED
+from framevet.stack.walker import walk
 
 SP, BP, R10 = 4, 5, 10
 

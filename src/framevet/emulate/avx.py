@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from iced_x86 import Mnemonic, Register
 
-from framevet import decode as d
-from framevet.cfg import Program
-from framevet.noreturn import is_sibling_call
-from framevet.regflow import successors
+from framevet.cfg.noreturn import is_sibling_call
+from framevet.cfg.program import Program
+from framevet.decode import insn as d
+from framevet.stack.regflow import successors
 
 _WIDE = frozenset(r for name in dir(Register)
                   if name.startswith(("YMM", "ZMM")) and name[3:].isdigit()

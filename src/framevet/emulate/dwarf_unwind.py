@@ -1,7 +1,7 @@
 """The object's own DWARF CFI (``.eh_frame``, ``.debug_frame``) by run-time address.
 
-:func:`framevet.dwarf.read_cfi` decodes every FDE into section-relative
-:class:`~framevet.cfatable.CfaRule` rows; this adapter moves them to the
+:func:`framevet.unwind.dwarf.read_cfi` decodes every FDE into section-relative
+:class:`~framevet.unwind.cfatable.CfaRule` rows; this adapter moves them to the
 addresses emulation linked each section at and converts them to
 :class:`~framevet.emulate.unwind.Rule`, the same terms framevet's own table
 is converted to.
@@ -37,7 +37,7 @@ class DwarfTable:
 
 def dwarf_table(mo: MappedObject, notes: list[str] | None = None) -> DwarfTable | None:
     """The DWARF unwind table of ``mo`` (None when it has no CFI)."""
-    from framevet.dwarf import read_cfi
+    from framevet.unwind.dwarf import read_cfi
 
     info = read_cfi(mo.elf)
     if notes is not None:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from framevet.emulate.spec import CALLEE_SAVED, REG_NAMES
 
 if TYPE_CHECKING:
-    from framevet.cfatable import CfaRule
     from framevet.emulate.image import Image, MappedObject
     from framevet.emulate.machine import Frame, Machine
+    from framevet.unwind.cfatable import CfaRule
 
 CFA_UNDEFINED, CFA_REG, CFA_DEREF, CFA_UNSUPPORTED = 0, 1, 2, 3
 #: where a register's caller value is: at CFA+arg / is CFA+arg / in register arg /
@@ -68,8 +68,8 @@ _VAL = re.compile(r"val\(cfa([+-]\d+)\)")
 
 
 def from_cfarule(c: CfaRule, ra_reg: int = RA) -> Rule:
-    """framevet's :class:`~framevet.cfatable.CfaRule` (its own table's rows, or
-    :mod:`framevet.dwarf`'s) as a :class:`Rule`."""
+    """framevet's :class:`~framevet.unwind.cfatable.CfaRule` (its own table's rows, or
+    :mod:`framevet.unwind.dwarf`'s) as a :class:`Rule`."""
     if c.kind == 3 or c.kind not in (CFA_UNDEFINED, CFA_REG, CFA_DEREF):
         kind = CFA_UNSUPPORTED
     else:
@@ -180,7 +180,7 @@ class FramevetTable:
     name = FRAMEVET
 
     def __init__(self, mo: MappedObject, profile: str) -> None:
-        from framevet.cfatable import cfa_table
+        from framevet.unwind.cfatable import cfa_table
 
         self.mo = mo
         self.table = cfa_table(mo.elf, profile)

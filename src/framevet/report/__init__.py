@@ -1,5 +1,1 @@
-"""Reporting: findings and their renderings (objtool text, JSON, SARIF, HTML)."""
-
-from framevet.report.findings import Finding, Location, locate
-
-__all__ = ["Finding", "Location", "locate"]
+"""Reporting: renderings of findings (text, objtool text, JSON, SARIF, HTML)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from framevet import __version__
-from framevet.report.findings import Finding
+from framevet.findings import Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}

@@ -3,7 +3,7 @@
 Each rule carries its documentation (what it catches, why it matters, how to
 fix it).  Rules that objtool 6.1 also has keep objtool's exact message text.
 Checks that happen during the CFA walk (most objtool rules) are raised by
-:mod:`framevet.cfa`; checks over the finished walk live in one module each and
+:mod:`framevet.stack.walker`; checks over the finished walk live in one module each and
 expose ``check(ctx)``.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 
 @dataclass(frozen=True)

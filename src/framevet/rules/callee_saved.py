@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
+from framevet.decode import insn as d
+from framevet.decode.state import UNDEFINED
 from framevet.load.elf import STB_LOCAL, STT_SECTION
-from framevet.regflow import TRACKED, callee_saved_clobbers
 from framevet.rules import Rule, register
 from framevet.rules.ibt import metadata_section
-from framevet.state import UNDEFINED
+from framevet.stack.regflow import TRACKED, callee_saved_clobbers
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 
 def check(ctx: Context) -> Iterator[Finding]:

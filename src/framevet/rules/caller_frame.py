@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.cfg import Program
-from framevet.noreturn import is_sibling_call
-from framevet.regflow import effects, slot_of
+from framevet.cfg.noreturn import is_sibling_call
+from framevet.cfg.program import Program
+from framevet.decode import insn as d
+from framevet.decode.state import CFA_BASE, CFA_OFF, STACK
 from framevet.rules import Rule, register
-from framevet.state import CFA_BASE, CFA_OFF, STACK
+from framevet.stack.regflow import effects, slot_of
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 
 def check(ctx: Context) -> Iterator[Finding]:

@@ -1,4 +1,4 @@
-"""DWARF CFI rules: checked by framevet.cficheck (``framevet cfi``)."""
+"""DWARF CFI rules: checked by framevet.unwind.cficheck (``framevet cfi``)."""
 
 from framevet.rules import Rule, register
 

@@ -8,7 +8,7 @@ targets annotated ANNOTATE_NOENDBR (``.discard.noendbr``), static-call
 trampolines, and the metadata sections that list code addresses for other
 reasons (exception tables, alternatives, ...).  An UNWIND_HINT_IRET_REGS at a
 global symbol (an exception entry point) must be an ENDBR too; that one is
-reported while the hints are read (:mod:`framevet.annotations`).
+reported while the hints are read (:mod:`framevet.cfg.objtool_annotations`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
+from framevet.decode import insn as d
 from framevet.load.elf import R_X86_64_PC32, R_X86_64_PLT32, SHF_EXECINSTR, STB_GLOBAL, Reloc
 from framevet.rules import Rule, register
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 #: instructions whose relocations are branch targets, not function pointers
 _BRANCHES = frozenset({d.CALL, d.CALL_DYNAMIC, d.JUMP_COND, d.JUMP_UNCOND, d.JUMP_DYNAMIC,

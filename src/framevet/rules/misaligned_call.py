@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.noreturn import is_noreturn
+from framevet.cfg.noreturn import is_noreturn
+from framevet.decode import insn as d
+from framevet.decode.state import CFA_BASE, DRAP, STACK, UNDEFINED
 from framevet.rules import Rule, register
-from framevet.state import CFA_BASE, DRAP, STACK, UNDEFINED
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 
 def check(ctx: Context) -> Iterator[Finding]:

@@ -1,7 +1,7 @@
 """noinstr validation (``--noinstr``; objtool 6.1 needs ``--link`` for it).
 
-Raised during the CFA walk (:mod:`framevet.cfa`, helpers in
-:mod:`framevet.noinstr`): a function in ``.noinstr.text`` or ``.entry.text``
+Raised during the CFA walk (:mod:`framevet.stack.walker`, helpers in
+:mod:`framevet.cfg.noinstr`): a function in ``.noinstr.text`` or ``.entry.text``
 runs where tracing, KASAN, KCOV and the like must not (early entry, idle, the
 NMI path), so it may only call other noinstr code, except inside an
 ``instrumentation_begin()``/``instrumentation_end()`` window.

@@ -1,7 +1,7 @@
 """objtool's complaints about its input, and about writing its output.
 
-The first group is found while the program is read (:mod:`framevet.cfg`,
-:mod:`framevet.special`, :mod:`framevet.annotations`, the decoder) and reported
+The first group is found while the program is read (:mod:`framevet.cfg.program`,
+:mod:`framevet.cfg.alternatives`, :mod:`framevet.cfg.objtool_annotations`, the decoder) and reported
 from ``Program.problems``.  Those marked *fatal* make objtool 6.1 abandon the
 whole object: it prints that one message and writes no ORC.  framevet reports
 the same message at the same place, writes no ORC either (``framevet orc``), and
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from framevet.rules import Rule, register
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 _FATAL = "objtool abandons the whole object here: no other check runs and no ORC is written"
 _K = ("kernel",)
@@ -170,7 +170,7 @@ _rule("pushf-stack-exhausted", "too many nested pushf in alternatives (--uaccess
 # -- writing objtool's sections -------------------------------------------------------------
 def check_output(ctx: Context) -> Iterator[Finding]:
     """Sections objtool would have to add that the (unlinked) object already has."""
-    from framevet.orc import already_has_orc, orc_rows, unknown_cfa_base
+    from framevet.unwind.orc import already_has_orc, orc_rows, unknown_cfa_base
 
     prog, opts = ctx.prog, ctx.options
     if not prog.strict:
@@ -186,7 +186,7 @@ def check_output(ctx: Context) -> Iterator[Finding]:
 
 
 def check_cfa_base(ctx: Context) -> Iterator[Finding]:
-    from framevet.orc import unknown_cfa_base
+    from framevet.unwind.orc import unknown_cfa_base
 
     bad = unknown_cfa_base(ctx.prog, ctx.result)
     if bad is not None:

@@ -1,4 +1,4 @@
-"""objtool's stack-validation rules, raised during the CFA walk (framevet.cfa).
+"""objtool's stack-validation rules, raised during the CFA walk (framevet.stack.walker).
 
 They stop the walk of a function the way objtool does when generating ORC;
 ``framevet check`` keeps walking after the non-fatal ones so that one bad

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.cfg import SKIP_ORC_SECTIONS, is_noreturn
+from framevet.cfg.program import SKIP_ORC_SECTIONS, is_noreturn
+from framevet.decode import insn as d
 from framevet.rules import Rule, register
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 _SANITIZER_CALLS = ("__asan_handle_no_return", "__ubsan_handle_builtin_unreachable")
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.cfg import Program, is_sibling_call
+from framevet.cfg.program import Program, is_sibling_call
+from framevet.decode import insn as d
 from framevet.rules import Rule, register
 
 if TYPE_CHECKING:
-    from framevet.analysis import Context
-    from framevet.report.findings import Finding
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
 
 _INDIRECT = (d.CALL_DYNAMIC, d.JUMP_DYNAMIC, d.JUMP_DYNAMIC_COND)
 #: walk phases: from the start of an instruction, after its alternatives, after its branch

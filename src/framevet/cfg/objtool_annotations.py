@@ -9,15 +9,14 @@ skips that entry and goes on.  The relocation list is
 ``.rela.discard.<name>`` in offset order, which is how the assembler emits it.
 
 A linked module has none of these sections (its linker script discards them);
-:mod:`framevet.cfg` infers what it can instead.
+:mod:`framevet.cfg.program` infers what it can instead.
 """
 
 from __future__ import annotations
 
 import struct
 
-from framevet import decode as d
-from framevet.cfg import (
+from framevet.cfg.program import (
     P_DEAD_ENDS,
     P_HINTS,
     P_IGNORE_ALTS,
@@ -28,16 +27,8 @@ from framevet.cfg import (
     P_RETPOLINE,
     Program,
 )
-from framevet.load.elf import (
-    SHT_REL,
-    SHT_RELA,
-    STB_GLOBAL,
-    STT_FUNC,
-    STT_SECTION,
-    Reloc,
-    Symbol,
-)
-from framevet.state import (
+from framevet.decode import insn as d
+from framevet.decode.state import (
     CFA_BASE,
     CFA_OFF,
     END,
@@ -53,6 +44,15 @@ from framevet.state import (
     UNDEFINED,
     blank_state,
     func_entry_state,
+)
+from framevet.load.elf import (
+    SHT_REL,
+    SHT_RELA,
+    STB_GLOBAL,
+    STT_FUNC,
+    STT_SECTION,
+    Reloc,
+    Symbol,
 )
 
 #: ORC register numbers in unwind hints -> CFA base (objtool's arch_decode_hint_reg)

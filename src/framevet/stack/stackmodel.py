@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.state import (
+from framevet.decode import insn as d
+from framevet.decode.state import (
     BP_INDIRECT,
     BP_SCRATCH,
     CALLEE_SAVED,
@@ -27,7 +27,7 @@ from framevet.state import (
     UNDEFINED,
     VALS,
 )
-from framevet.userframe import (
+from framevet.stack.userframe import (
     copy_of_cfa,
     forget_overwritten,
     restore_through_base,
@@ -38,7 +38,7 @@ from framevet.userframe import (
 )
 
 if TYPE_CHECKING:
-    from framevet.cfa import Walker
+    from framevet.stack.walker import Walker
 
 
 def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
@@ -305,7 +305,7 @@ def _next_is_realign(w: Walker, g: int, reg: int = -1) -> bool:
 
 def _writes(prog: object, g: int, reg: int) -> bool:
     """Instruction ``g`` may write hardware register ``reg`` (iced, decoded again)."""
-    from framevet.cfg import Program
+    from framevet.cfg.program import Program
 
     assert isinstance(prog, Program)
     ops = prog.ops[g]
@@ -360,7 +360,7 @@ def _call_clobbers(prog: object, g: int) -> frozenset[int]:
     helper that calls nothing itself (OpenSSL's ``_aesni_ctr32_6x``, or a second
     entry point inside one: ``call .L_aesni_encrypt6_enter``) -- only those its
     instructions write."""
-    from framevet.cfg import Program
+    from framevet.cfg.program import Program
 
     assert isinstance(prog, Program)
     abi = frozenset(_CALLER_SAVED)
@@ -465,7 +465,7 @@ def _user_restore_sp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
 def _user_lea_sp(s: list[int], dreg: int, sreg: int, soff: int) -> bool:
     """``lea disp(%reg), %rsp`` with the CFA on rbp: ``lea disp(%rbp)`` puts rsp at
     ``CFA - CFA_OFF + disp`` (objtool assumes rbp points at its own save slot, not
-    true of frames built elsewhere, :mod:`framevet.userframe`); through another
+    true of frames built elsewhere, :mod:`framevet.stack.userframe`); through another
     register rsp's distance to the CFA is no longer known."""
     if dreg != d.SP or s[CFA_BASE] != d.BP or s[DRAP] or sreg == d.SP:
         return False

@@ -3,7 +3,7 @@
     check_cfi(obj: framevet.load.LoadedObject, table: CfaTable | None = None,
               ) -> list[CfiFinding]
 
-``CfiFinding`` is a :class:`framevet.report.findings.Finding` (file, rule,
+``CfiFinding`` is a :class:`framevet.findings.Finding` (file, rule,
 severity, message, location -> section / symbol / offset, source) with a
 ``fix`` field; ``details`` carries ``fix``, ``cfi``, ``code`` and ``insns`` too,
 so they survive :func:`dataclasses.asdict`.  Findings:
@@ -11,7 +11,7 @@ so they survive :func:`dataclasses.asdict`.  Findings:
 ``cfi-mismatch`` (error)
     At some instruction the CFI's CFA rule or a saved-register rule (rbx, rbp,
     r12-r15, return address) differs from framevet's analysis (profile
-    ``user``, :func:`framevet.cfatable.cfa_table`).  One finding per
+    ``user``, :func:`framevet.unwind.cfatable.cfa_table`).  One finding per
     disagreeing range, at its first instruction: what the CFI says, what the
     code does, and the instruction that explains it.  For assembly sources
     (``.S``) ``fix`` holds the ``.cfi_*`` directives that make the CFI right
@@ -36,8 +36,12 @@ from dataclasses import dataclass, field
 
 import iced_x86
 
-from framevet import decode as d
-from framevet.cfatable import (
+from framevet.decode import insn as d
+from framevet.decode.state import CFA, NREGS
+from framevet.findings import Finding, Location, SymbolIndex
+from framevet.load.elf import STT_FUNC
+from framevet.load.inputs import LoadedObject
+from framevet.unwind.cfatable import (
     CFA_EXPR,
     CFA_REG,
     CFA_UNDEFINED,
@@ -46,7 +50,7 @@ from framevet.cfatable import (
     cfa_table,
     reg_name,
 )
-from framevet.cfifix import (  # noqa: F401  (apply_fixes is part of this API)
+from framevet.unwind.cfifix import (  # noqa: F401  (apply_fixes is part of this API)
     _REG_BY_NAME,
     CHECKED_REGS,
     RA,
@@ -54,11 +58,7 @@ from framevet.cfifix import (  # noqa: F401  (apply_fixes is part of this API)
     _reset,
     apply_fixes,
 )
-from framevet.dwarf import FdeTable, read_cfi
-from framevet.load.elf import STT_FUNC
-from framevet.load.inputs import LoadedObject
-from framevet.report.findings import Finding, Location, SymbolIndex
-from framevet.state import CFA, NREGS
+from framevet.unwind.dwarf import FdeTable, read_cfi
 
 MISMATCH, MISSING = "cfi-mismatch", "cfi-missing"
 
@@ -333,8 +333,7 @@ class _Checker:
     def _code_rule(self, g: int, r: int, h: str | None, w: str | None) -> str | None:
         """Where the caller's ``r`` is at ``g`` as a rule (None: in ``r`` itself;
         ``"lost"``: nowhere), preferring the kind of place the CFI names."""
-        from framevet import regflow
-
+        from framevet.stack import regflow
         places = self._places(self.prog.func[g]).get(g)
         if places is None:
             return h
@@ -407,10 +406,9 @@ class _Checker:
 
     def _holds(self, g: int, c: tuple[int, ...], r: int, rule: str | None) -> bool | None:
         """Does the CFI's ``rule`` for callee-saved ``r`` find the caller's value at
-        ``g``?  Decided by the register dataflow (:mod:`framevet.regflow`: the places
+        ``g``?  Decided by the register dataflow (:mod:`framevet.stack.regflow`: the places
         that certainly hold the caller's value); None when it cannot tell."""
-        from framevet import regflow
-
+        from framevet.stack import regflow
         places = self._places(self.prog.func[g]).get(g)
         if places is None or (rule is not None and rule.startswith(("exp", "v"))) \
                 or rule == "undefined":
@@ -443,8 +441,7 @@ class _Checker:
         got = self._place_cache.get(parent)
         if got is not None:
             return got
-        from framevet import regflow
-
+        from framevet.stack import regflow
         prog, cfi = self.prog, self.table.result.cfi
         state_in = regflow.places(prog, cfi, parent)
         start = prog.gid(prog.functions[parent].sec, prog.functions[parent].start)
@@ -547,8 +544,7 @@ class _Checker:
 
     def _overwrites(self, p: int, g: int, diffs: list[str]) -> list[str]:
         """Registers in ``diffs`` that held the caller's value before ``p`` and not after."""
-        from framevet import regflow
-
+        from framevet.stack import regflow
         places = self._places(self.prog.func[g])
         before, after = places.get(p), places.get(g)
         if before is None or after is None:
@@ -657,7 +653,7 @@ def _range(prog: object, sec: int, start: int, end: int) -> list[int]:
     """gids of the instructions of section ``sec`` that start in [start, end)."""
     from bisect import bisect_left
 
-    from framevet.cfg import Program
+    from framevet.cfg.program import Program
 
     assert isinstance(prog, Program)
     ds = prog.secmap.get(sec)

@@ -2,7 +2,7 @@
 
 An unlinked object may still carry objtool's annotations (unwind hints,
 (un)reachable marks, intra-function calls, STACK_FRAME_NON_STANDARD, retpoline
-safe marks); :mod:`framevet.annotations` reads them while the program is built,
+safe marks); :mod:`framevet.cfg.objtool_annotations` reads them while the program is built,
 exactly as objtool does, and they are collected here.  A linked module has
 lost them, and hand-written code may never have had them: the sidecar
 (``--hints FILE``, default ``framevet.toml`` beside the input) declares the same
@@ -29,11 +29,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from framevet import decode as d
-from framevet.cfg import Program
-from framevet.errors import InputError
-from framevet.load.inputs import LoadedObject
-from framevet.state import (
+from framevet.cfg.program import Program
+from framevet.decode import insn as d
+from framevet.decode.state import (
     CFA_OFF,
     REGS,
     STACK,
@@ -44,6 +42,8 @@ from framevet.state import (
     TYPE,
     func_entry_state,
 )
+from framevet.errors import InputError
+from framevet.load.inputs import LoadedObject
 
 REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}
 
@@ -86,7 +86,7 @@ def read_hints(obj: LoadedObject, prog: Program, sidecar: str | None = None) -> 
 
 
 def _discard_sections(prog: Program, h: Hints) -> None:
-    """What :func:`cfg.build` read from objtool's annotations (framevet.annotations)."""
+    """What :func:`cfg.build` read from objtool's annotations (framevet.cfg.objtool_annotations)."""
     h.cfi.update(prog.hint_cfi)
     h.save.update(prog.hint_save)
     h.restore.update(prog.hint_restore)

@@ -2,8 +2,8 @@
 
 Each FDE becomes an :class:`FdeTable`: the code section it covers, the
 section-relative range, and the rows of its decoded table as
-:class:`framevet.cfatable.CfaRule` values, so they compare directly with
-framevet's own table (:mod:`framevet.cfatable`).
+:class:`framevet.unwind.cfatable.CfaRule` values, so they compare directly with
+framevet's own table (:mod:`framevet.unwind.cfatable`).
 
 pyelftools parses the entries (CIE/FDE headers, augmentation, the instruction
 stream); the table is interpreted here, because pyelftools' own interpreter
@@ -24,7 +24,8 @@ from typing import Any
 from elftools.dwarf.callframe import FDE, CallFrameInfo
 from elftools.dwarf.structs import DWARFStructs
 
-from framevet.cfatable import (
+from framevet.load.elf import ElfObject
+from framevet.unwind.cfatable import (
     CFA_DEREF,
     CFA_EXPR,
     CFA_REG,
@@ -32,7 +33,6 @@ from framevet.cfatable import (
     CfaRule,
     reg_name,
 )
-from framevet.load.elf import ElfObject
 
 FRAME_SECTIONS = (".eh_frame", ".debug_frame")
 

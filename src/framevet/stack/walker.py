@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from framevet import decode as d
-from framevet.cfg import Program, is_noreturn, is_sibling_call
-from framevet.load.elf import STB_GLOBAL, STT_NOTYPE, Symbol
-from framevet.noinstr import PvOps, is_noinstr_section
-from framevet.noinstr import call_ok as noinstr_call_ok
-from framevet.stackmodel import update_cfi, user_after
-from framevet.state import (
+from framevet.cfg.noinstr import PvOps, is_noinstr_section
+from framevet.cfg.noinstr import call_ok as noinstr_call_ok
+from framevet.cfg.program import Program, is_noreturn, is_sibling_call
+from framevet.decode import insn as d
+from framevet.decode.state import (
     BP_SCRATCH,
     CFA,
     CFA_BASE,
@@ -43,6 +41,8 @@ from framevet.state import (
     blank_state,
     func_entry_state,
 )
+from framevet.load.elf import STB_GLOBAL, STT_NOTYPE, Symbol
+from framevet.stack.stackmodel import update_cfi, user_after
 
 
 @dataclass(slots=True)
@@ -522,7 +522,7 @@ class Walker:
         return func >= 0 and self._uaccess_safe_sym(self.prog.functions[func].name)
 
     def _uaccess_safe_sym(self, name: str) -> bool:
-        from framevet.uaccess import UACCESS_SAFE
+        from framevet.stack.uaccess import UACCESS_SAFE
         return name in UACCESS_SAFE
 
     def _flag_insn(self, func: int, g: int, k: int, state: list[int], wsec: int) -> None:

@@ -21,7 +21,7 @@ from framevet.load.elf import (
     STT_SECTION,
     ElfObject,
 )
-from framevet.orc import OrcRow, pack_entry
+from framevet.unwind.orc import OrcRow, pack_entry
 
 SHF_INFO_LINK = 0x40
 R_X86_64_PC32 = 2

@@ -1,6 +1,6 @@
-"""Adapter between ``framevet abi`` / ``framevet diff`` (cli_emulate.py) and this package.
+"""What ``framevet abi`` and ``framevet diff`` do with their command line.
 
-The command-line parsers live in :mod:`framevet.cli_emulate`; they hand their
+The parsers live in :mod:`framevet.cli.abi` and :mod:`framevet.cli.diff`; they hand their
 ``argparse.Namespace`` here.  Attributes read (missing ones take the default):
 
 ``framevet abi``: ``file``, ``function``, ``args``, ``runs``, ``seed``, ``raw``,
@@ -16,7 +16,7 @@ when given, is linked in: ``--symbol`` names it defines run its code.
 ``runs``, ``seed``, ``cflags``, ``compare`` (``abi``/``all``/comma-separated
 registers), ``profile``.
 
-Findings come back as :class:`framevet.report.findings.Finding` so the
+Findings come back as :class:`framevet.findings.Finding` so the
 common renderers (text/JSON/SARIF/HTML) apply; a trace (diff, faults) is in
 ``details["trace"]``.
 """
@@ -28,7 +28,7 @@ import os
 import tomllib
 from typing import Any
 
-from framevet import decode as d
+from framevet.decode import insn as d
 from framevet.emulate import (
     Finding,
     RawTarget,
@@ -45,9 +45,9 @@ from framevet.load.inputs import read_file
 
 
 def to_report(f: Finding) -> Any:
-    """This package's :class:`Finding` as a :class:`framevet.report.findings.Finding`."""
-    from framevet.report.findings import Finding as ReportFinding
-    from framevet.report.findings import Location
+    """This package's :class:`Finding` as a :class:`framevet.findings.Finding`."""
+    from framevet.findings import Finding as ReportFinding
+    from framevet.findings import Location
 
     loc = None
     if f.section or f.address is not None:
@@ -126,8 +126,8 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
 
 def avx_findings(objs: list[LoadedObject], function: str, profile: str) -> list[Any]:
     """What unicorn cannot run: AVX upper halves left dirty, checked on the code."""
-    from framevet.analysis import Options, analyse
     from framevet.emulate.avx import dirty_exits
+    from framevet.pipeline import Options, analyse
 
     out: list[Any] = []
     for obj in objs:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from framevet.cfa import Walker, WalkOptions, WalkResult
-from framevet.cfg import Program, build
-from framevet.hints import Hints, read_hints
+from framevet.cfg.declarations import Hints, read_hints
+from framevet.cfg.program import Program, build
+from framevet.findings import Finding, SymbolIndex
 from framevet.load.elf import STT_FILE
 from framevet.load.inputs import LoadedObject
-from framevet.report.findings import Finding, SymbolIndex
+from framevet.stack.walker import Walker, WalkOptions, WalkResult
 
 
 @dataclass
@@ -84,7 +84,7 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     if (options.profile == "user" and not elf.relocatable
             and elf.section(".symtab") is None):
         # a stripped image: functions from its FDEs, as for ``framevet cfa``
-        from framevet.cfatable import with_fde_functions
+        from framevet.unwind.cfatable import with_fde_functions
 
         elf = with_fde_functions(elf, skip_plt=True)
     prog = build(elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
@@ -106,7 +106,7 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
 
     if options.profile == "user":
         # what static flow misses in user code: landing pads, computed jumps, padding
-        from framevet.cfatable import user_walk
+        from framevet.unwind.cfatable import user_walk
 
         result, _ = user_walk(prog, walk_opts, declare)
     else:

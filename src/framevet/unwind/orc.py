@@ -10,10 +10,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from framevet import decode as d
-from framevet.cfa import WalkResult
-from framevet.cfg import SKIP_ORC_SECTIONS, Program
-from framevet.state import (
+from framevet.cfg.program import SKIP_ORC_SECTIONS, Program
+from framevet.decode import insn as d
+from framevet.decode.state import (
     BP_INDIRECT,
     CFA,
     CFA_BASE,
@@ -23,6 +22,7 @@ from framevet.state import (
     TYPE,
     UNDEFINED,
 )
+from framevet.stack.walker import WalkResult
 
 ORC_REG_UNDEFINED, ORC_REG_PREV_SP, ORC_REG_DX, ORC_REG_DI = 0, 1, 2, 3
 ORC_REG_BP, ORC_REG_SP, ORC_REG_R10, ORC_REG_R13 = 4, 5, 6, 7

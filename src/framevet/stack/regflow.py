@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import iced_x86
 from iced_x86 import OpAccess, OpKind, Register
 
-from framevet import decode as d
-from framevet.cfg import Program, is_noreturn, is_sibling_call
-from framevet.state import (
+from framevet.cfg.program import Program, is_noreturn, is_sibling_call
+from framevet.decode import insn as d
+from framevet.decode.state import (
     CALLEE_SAVED,
     CFA,
     CFA_BASE,

@@ -6,7 +6,7 @@ tuple ``state[0:9] + state[REGS:]`` (see :data:`CFI_FIELDS`), interned.
 
 from __future__ import annotations
 
-from framevet import decode as d
+from framevet.decode import insn as d
 
 # CFI bases besides hardware registers 0..15
 UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4

@@ -11,7 +11,7 @@ clean reports each instrumentable target (``pv_ops[%d]: %s``).
 
 from __future__ import annotations
 
-from framevet.cfg import Program
+from framevet.cfg.program import Program
 from framevet.load.elf import STT_SECTION, Symbol
 
 NOINSTR_SECTIONS = frozenset({".noinstr.text", ".entry.text"})

@@ -31,8 +31,8 @@ import struct
 
 import iced_x86
 
-from framevet import decode as d
-from framevet.cfg import Program
+from framevet.cfg.program import Program
+from framevet.decode import insn as d
 from framevet.load.elf import (
     R_X86_64_64,
     R_X86_64_PC32,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
+from framevet.decode import insn as d
 from framevet.load.elf import STB_GLOBAL, STB_WEAK, STT_FUNC, STT_NOTYPE, Symbol
 
 if TYPE_CHECKING:
-    from framevet.cfg import Program
+    from framevet.cfg.program import Program
 
 GLOBAL_NORETURNS = frozenset({
     "__invalid_creds", "__module_put_and_kthread_exit", "__reiserfs_panic",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.cfatable import CFA_DEREF, CFA_REG, CfaRule, reg_name
+from framevet.decode import insn as d
+from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule, reg_name
 
 if TYPE_CHECKING:
-    from framevet.cficheck import CfiFinding
+    from framevet.unwind.cficheck import CfiFinding
 
 #: registers whose rules are compared (DWARF numbers): rbx, rbp, r12-r15, return address
 CHECKED_REGS = (3, 6, 12, 13, 14, 15, 16)

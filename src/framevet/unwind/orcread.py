@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from framevet.errors import InputError
 from framevet.load.elf import STT_SECTION, ElfObject
-from framevet.orc import format_entry, unpack_entry
+from framevet.unwind.orc import format_entry, unpack_entry
 
 
 def dump_existing(elf: ElfObject) -> str:

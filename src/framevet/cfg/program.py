@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 
 import iced_x86
 
-from framevet import decode as d
-from framevet.decode import DecodedSection, decode_section
+from framevet.cfg.noreturn import GLOBAL_NORETURNS as GLOBAL_NORETURNS
+from framevet.cfg.noreturn import USER_NORETURNS as USER_NORETURNS
+from framevet.cfg.noreturn import is_noreturn as is_noreturn
+from framevet.cfg.noreturn import is_sibling_call as is_sibling_call
+from framevet.decode import insn as d
+from framevet.decode.insn import DecodedSection, decode_section
 from framevet.load.elf import (
     R_X86_64_PC32,
     STT_FILE,
@@ -37,10 +41,6 @@ from framevet.load.elf import (
     ElfObject,
     Symbol,
 )
-from framevet.noreturn import GLOBAL_NORETURNS as GLOBAL_NORETURNS
-from framevet.noreturn import USER_NORETURNS as USER_NORETURNS
-from framevet.noreturn import is_noreturn as is_noreturn
-from framevet.noreturn import is_sibling_call as is_sibling_call
 
 SKIP_ORC_SECTIONS = (".altinstr_replacement", ".altinstr_aux")
 BUGFLAG_WARNING = 1
@@ -222,9 +222,9 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
           ibt: bool = False) -> Program:
     """Decode every executable section of ``elf`` and resolve its control flow, reading
     objtool's annotations in objtool's order."""
-    from framevet import annotations as ann
-    from framevet.jumptable import add_jump_tables
-    from framevet.special import add_special_alts
+    from framevet.cfg import objtool_annotations as ann
+    from framevet.cfg.alternatives import add_special_alts
+    from framevet.cfg.jumptable import add_jump_tables
 
     syms_by_sec = elf.symbols_by_section()
     decoded: list[DecodedSection] = []

@@ -12,15 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.cfa import WalkOptions, WalkResult, walk
-from framevet.cfg import SKIP_ORC_SECTIONS, Program, build
+from framevet.cfg.program import SKIP_ORC_SECTIONS, Program, build
+from framevet.decode import insn as d
 from framevet.load.elf import ElfObject
+from framevet.stack.walker import WalkOptions, WalkResult, walk
 
 if TYPE_CHECKING:
-    from framevet.cfa import Walker
-from framevet.stackmodel import USER_SP_DEREF
-from framevet.state import (
+    from framevet.stack.walker import Walker
+from framevet.decode.state import (
     BP_INDIRECT,
     CFA,
     CFA_BASE,
@@ -35,6 +34,7 @@ from framevet.state import (
     blank_state,
     func_entry_state,
 )
+from framevet.stack.stackmodel import USER_SP_DEREF
 
 #: hardware register number -> DWARF register number (x86-64 SysV psABI)
 HW_TO_DWARF = {d.AX: 0, d.DX: 1, d.CX: 2, d.BX: 3, d.SI: 4, d.DI: 5, d.BP: 6, d.SP: 7,
@@ -218,7 +218,7 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
        state get that state.  These gids are returned as *inferred*;
     4. alignment padding (:func:`fill_padding`).
     """
-    from framevet.cfa import Walker
+    from framevet.stack.walker import Walker
 
     _calls_into_other_functions(prog)
     opts = opts or WalkOptions(all_warnings=True)
@@ -244,8 +244,8 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
     that local functions are walked from their entry, and calls to them are calls."""
     from dataclasses import replace
 
-    from framevet.dwarf import read_cfi
     from framevet.load.elf import STB_LOCAL, STT_FUNC, Symbol
+    from framevet.unwind.dwarf import read_cfi
 
     starts = {(s.shndx, s.offset) for s in elf.symbols if s.type == STT_FUNC and s.defined}
     extra: list[Symbol] = []
@@ -324,7 +324,7 @@ def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:
 
 def _resume(w: Walker, g: int, cfi: tuple[int, ...]) -> None:
     """Walk from ``g`` with the (interned) state ``cfi``."""
-    from framevet.cfa import _load_cfi
+    from framevet.stack.walker import _load_cfi
 
     st = blank_state()
     _load_cfi(st, cfi)
@@ -332,7 +332,7 @@ def _resume(w: Walker, g: int, cfi: tuple[int, ...]) -> None:
 
 
 def _walk_landing_pads(w: Walker) -> None:
-    from framevet.dwarf import call_sites, read_cfi
+    from framevet.unwind.dwarf import call_sites, read_cfi
 
     prog = w.prog
     if prog.elf.section(".gcc_except_table") is None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from framevet import decode as d
-from framevet.state import (
+from framevet.decode import insn as d
+from framevet.decode.state import (
     CFA,
     CFA_BASE,
     CFA_OFF,
@@ -35,8 +35,8 @@ from framevet.state import (
 )
 
 if TYPE_CHECKING:
-    from framevet.cfa import Walker
-    from framevet.cfg import Program
+    from framevet.cfg.program import Program
+    from framevet.stack.walker import Walker
 
 #: how far the idioms look ahead / back, in straight-line instructions
 _WINDOW = 12
@@ -129,7 +129,7 @@ def store_through_sp_copy(w: Walker, g: int, s: list[int]) -> bool:
     """``mov %base, d(%r)`` while the CFA is ``base + k`` and ``%r`` was set by
     ``lea o(%rsp), %r`` a few straight-line instructions before (OpenSSL's
     whirlpool_block): the slot is ``rsp + o + d``, the CFA ``*(rsp+o+d) + k``."""
-    from framevet.stackmodel import USER_SP_DEREF, _writes
+    from framevet.stack.stackmodel import USER_SP_DEREF, _writes
 
     base = s[CFA_BASE]
     prog = w.prog
@@ -160,7 +160,7 @@ def user_xchg_sp(w: Walker, g: int, s: list[int]) -> bool:
     """``xchg %rsp, %reg`` (OpenSSL's AES_cbc_encrypt switches to a realigned
     area so): with the CFA on rsp it moves to %reg, which now holds the old rsp;
     with the CFA on %reg it moves back to rsp; otherwise it is lost."""
-    from framevet.stackmodel import _STACK_UNKNOWN
+    from framevet.stack.stackmodel import _STACK_UNKNOWN
 
     prog = w.prog
     n = prog.length[g]
@@ -219,7 +219,7 @@ def _fresh_copy(w: Walker, g: int, src: int) -> bool:
     """``src`` still holds the copy of rsp its state says: callee-saved registers
     are kept up to date (:func:`forget_overwritten`); another must have been set
     from rsp a few straight-line instructions before, and not written since."""
-    from framevet.stackmodel import _writes
+    from framevet.stack.stackmodel import _writes
 
     if src in _CS_ORDER:
         return True
@@ -269,7 +269,7 @@ def user_lea_handoff(w: Walker, g: int, s: list[int]) -> bool:
 def _reloaded_through(w: Walker, g: int, base: int, copy: int) -> bool:
     """``base`` is reloaded from memory addressed by ``copy`` within a few
     straight-line instructions that write neither, and not before."""
-    from framevet.stackmodel import _writes
+    from framevet.stack.stackmodel import _writes
 
     prog = w.prog
     n = prog.next_same_sec(g)
@@ -289,7 +289,7 @@ def _built_frame(w: Walker, g: int, src: int, s: list[int]) -> bool:
     """``mov %src, %rbp`` after ``mov %ra, K(%src)`` with %ra loaded from the
     return address slot (``mov (%rsp), %ra`` at CFA-8) and, optionally,
     ``mov %rbp, K-8(%src)``: CFA = rbp + K + 8."""
-    from framevet.stackmodel import _writes
+    from framevet.stack.stackmodel import _writes
 
     prog = w.prog
     ra_slot: dict[int, int] = {}          # register -> disp where it was stored

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from framevet import decode as d
-from framevet.cfg import AltGroup, Program
+from framevet.cfg.program import AltGroup, Program
+from framevet.decode import insn as d
 from framevet.load.elf import Reloc
 
 X86_FEATURE_POPCNT = 4 * 32 + 23

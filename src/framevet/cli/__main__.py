@@ -1,0 +1,5 @@
+"""``python -m framevet.cli``."""
+
+from framevet.cli.main import main
+
+raise SystemExit(main())

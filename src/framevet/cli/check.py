@@ -1,0 +1,55 @@
+"""``framevet check``: objtool's stack validation and ORC checks, and framevet's own rules."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from framevet.cli.common import FAIL_ON, add_common, emit, exit_code
+from framevet.cli.parallel import collect
+from framevet.pipeline import Options
+
+OBJTOOL_SWITCHES = ("sls", "retpoline", "rethunk", "stackval", "uaccess", "noinstr", "ibt",
+                    "unret")
+
+
+def add_parser(sub: Any) -> None:
+    c = sub.add_parser("check", help="validate stack frames and registers (objtool + more)")
+    c.add_argument("files", nargs="+", metavar="FILE", help=".o/.ko/.a/.so/executable or .S")
+    add_common(c)
+    g = c.add_argument_group("objtool switches (stack validation and ORC checks are always on)")
+    for name in OBJTOOL_SWITCHES:
+        g.add_argument(f"--{name}", action="store_true")
+    g.add_argument("--orc", action="store_true", help="accepted for objtool compatibility")
+    g.add_argument("--module", action="store_true", help="accepted for objtool compatibility")
+    g.add_argument("--link", action="store_true",
+                   help="vmlinux.o-style linked object (implied by --noinstr/--ibt/--unret)")
+    c.add_argument("--format", choices=("text", "objtool", "json", "sarif", "html"),
+                   default="text")
+    c.add_argument("-o", "--output", help="write the report here instead of stdout")
+    c.add_argument("--fail-on", choices=FAIL_ON, default="warning",
+                   help="exit 1 when a finding is at least this severe (default: warning)")
+    c.add_argument("--disable", default="", help="comma-separated rule ids to leave out")
+    c.add_argument("--objtool-only", action="store_true",
+                   help="only objtool 6.1's checks, stopping each function at its first "
+                        "warning exactly as objtool does")
+    c.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: cores)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=run)
+
+
+def options(args: argparse.Namespace) -> Options:
+    """The pipeline's options from ``check``'s command line."""
+    return Options(
+        profile=args.profile, sls=args.sls, retpoline=args.retpoline, rethunk=args.rethunk,
+        stackval=args.stackval, uaccess=args.uaccess, noinstr=args.noinstr, ibt=args.ibt,
+        unret=args.unret, orc=args.orc, link=args.link or args.noinstr or args.ibt or args.unret,
+        disabled=frozenset(x for x in args.disable.split(",") if x),
+        all_warnings=not args.objtool_only, hints_file=args.hints,
+        objtool_only=args.objtool_only, module=args.module)
+
+
+def run(args: argparse.Namespace) -> int:
+    findings, errors = collect(args, "check", options(args))
+    emit(findings, args.format, args.output)
+    return exit_code(findings, errors, args.fail_on)

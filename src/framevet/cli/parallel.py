@@ -1,0 +1,134 @@
+"""Running one job (``check`` or ``cfi``) over many inputs, one worker per core."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from framevet import rules
+from framevet.errors import InputError
+from framevet.findings import Finding, Location
+from framevet.load import load_path
+from framevet.load.inputs import archive_size
+from framevet.pipeline import Options, analyse
+from framevet.unwind.cficheck import check_cfi
+
+ARCHIVE_CHUNK = 48
+
+
+def findings_of(task: str | tuple[str, range], job: str, options: Options | None,
+                cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """Worker: the findings (as JSON dicts) of every object in a task -- a path, or
+    (archive path, member numbers) -- for ``job`` "check" or "cfi"; or an error line."""
+    path, members = (task, None) if isinstance(task, str) else task
+    try:
+        out: list[dict[str, Any]] = []
+        for obj in load_path(path, cflags, members):
+            if job == "cfi":
+                found: Iterable[Finding] = check_cfi(obj)
+            else:
+                assert options is not None
+                found = analyse(obj, options).findings
+            out.extend(asdict(f) for f in found)
+        return out, ""
+    except InputError as exc:
+        return [], str(exc)
+    except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
+        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
+
+
+def collect(args: argparse.Namespace, job: str,
+            options: Options | None) -> tuple[list[Finding], int]:
+    """Run ``job`` over every input in parallel: (findings in input order, error count);
+    error lines go to stderr as they are met."""
+    tasks = split_tasks(args.files, args.jobs)
+    rules.all_rules()    # loaded before the workers fork, so they inherit it
+    findings: list[Finding] = []
+    errors = 0
+    for _task, (packed, err) in run_parallel(tasks, findings_of,
+                                             (job, options, args.cflags.split()),
+                                             args.jobs, not args.no_progress):
+        if err:
+            print(err, file=sys.stderr)
+            errors += 1
+        findings.extend(unpack(d) for d in packed)
+    return findings, errors
+
+
+def unpack(d: dict[str, Any]) -> Finding:
+    """A :class:`Finding` from the dict a worker sent back."""
+    loc = d.get("location")
+    src = d.get("source")
+    return Finding(d["file"], d["rule"], d["message"], d["severity"],
+                   Location(**loc) if loc else None, tuple(src) if src else None,
+                   d.get("details") or {})
+
+
+def split_tasks(paths: list[str], jobs: int) -> list[Any]:
+    """Files as tasks; a big archive becomes chunks of members so every core gets work."""
+    if (jobs or os.cpu_count() or 1) <= 1:
+        return list(paths)
+    tasks: list[Any] = []
+    for p in paths:
+        n = archive_size(p)
+        if n > ARCHIVE_CHUNK:
+            tasks.extend((p, range(i, min(i + ARCHIVE_CHUNK, n)))
+                         for i in range(0, n, ARCHIVE_CHUNK))
+        else:
+            tasks.append(p)
+    return tasks
+
+
+def run_parallel(paths: list[Any], work: Callable[..., tuple[list[dict[str, Any]], str]],
+                 extra: tuple[Any, ...], jobs: int, progress: bool) -> Iterable[tuple[Any, Any]]:
+    """(task, (findings, error)) for every task, in input order; one worker per core."""
+    jobs = jobs or os.cpu_count() or 1
+    jobs = min(jobs, len(paths))
+    bar = _progress(len(paths)) if progress else None
+    results: list[Any] = [None] * len(paths)
+    try:
+        if jobs <= 1:
+            for i, p in enumerate(paths):
+                results[i] = work(p, *extra)
+                if bar:
+                    bar.advance()
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as ex:
+                futs = {ex.submit(work, p, *extra): i for i, p in enumerate(paths)}
+                for fut in as_completed(futs):
+                    results[futs[fut]] = fut.result()
+                    if bar:
+                        bar.advance()
+    finally:
+        if bar:
+            bar.close()
+    return zip(paths, results, strict=True)
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        self.p = Progress("framevet", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          transient=True, console=Console(stderr=True))
+        self.p.start()
+        self.task = self.p.add_task("files", total=total)
+
+    def advance(self) -> None:
+        self.p.advance(self.task)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def _progress(total: int) -> _Bar | None:
+    if total < 2 or not sys.stderr.isatty():
+        return None
+    return _Bar(total)
