@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from framevet.cfg.program import _bug_entries  # noqa: E402
+from framevet.cfg.build import _bug_entries  # noqa: E402
 from framevet.decode import insn as d  # noqa: E402
 from framevet.load import load_path  # noqa: E402
 from framevet.pipeline import Options, analyse  # noqa: E402

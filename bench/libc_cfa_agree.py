@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 from framevet.load import load_path  # noqa: E402
-from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule, cfa_table  # noqa: E402
+from framevet.unwind.cfarule import CFA_DEREF, CFA_REG, CfaRule  # noqa: E402
+from framevet.unwind.cfatable import cfa_table  # noqa: E402
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.a"
 DWARF_NAMES = ["rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",

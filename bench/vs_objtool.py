@@ -71,8 +71,8 @@ def profile(modules: list[str]) -> tuple[int, dict[str, float]]:
     """One single-process pass with phase timings; returns (instructions, seconds by phase)."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
     from framevet import rules
+    from framevet.cfg.build import build
     from framevet.cfg.declarations import read_hints
-    from framevet.cfg.program import build
     from framevet.findings import SymbolIndex
     from framevet.load import load_path
     from framevet.pipeline import Options

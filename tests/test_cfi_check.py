@@ -14,8 +14,10 @@ from conftest import FIXTURES
 
 from framevet.decode import insn as d
 from framevet.load import load_path
-from framevet.unwind.cfatable import CFA_UNDEFINED, cfa_table
-from framevet.unwind.cficheck import CfiFinding, apply_fixes, check_cfi
+from framevet.unwind.cfarule import CFA_UNDEFINED
+from framevet.unwind.cfatable import cfa_table
+from framevet.unwind.cficheck import CfiFinding, check_cfi
+from framevet.unwind.cfifix import apply_fixes
 
 MISMATCH = FIXTURES / "cfi-mismatch"
 MISSING = FIXTURES / "cfi-missing"

@@ -19,7 +19,7 @@ from conftest import FIXTURES, ROOT, assemble
 from framevet.load import load_path
 from framevet.load.elf import parse_elf
 from framevet.unwind import dwarf
-from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule
+from framevet.unwind.cfarule import CFA_DEREF, CFA_REG, CfaRule
 
 LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 

@@ -11,7 +11,7 @@ from framevet.emulate import RunStats, run_abi
 from framevet.load import load_path
 from framevet.load.archive import iter_members
 from framevet.load.elf import parse_elf
-from framevet.load.inputs import LoadedObject
+from framevet.load.object import LoadedObject
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 ARGS = "ptr:64:rand,int:0..64"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assemble
 
-from framevet.cfg.program import build
+from framevet.cfg.build import build
 from framevet.decode.state import BP_INDIRECT, CFA_BASE, CFA_OFF, UNDEFINED
 from framevet.load.elf import parse_elf
 from framevet.stack.walker import walk

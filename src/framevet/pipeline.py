@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from framevet import rules
+from framevet.cfg.build import build
 from framevet.cfg.declarations import Hints, read_hints
-from framevet.cfg.program import Program, build
+from framevet.cfg.program import Program
 from framevet.findings import Finding, SymbolIndex
 from framevet.load.elf import STT_FILE
-from framevet.load.inputs import LoadedObject
+from framevet.load.object import LoadedObject
 from framevet.stack.walker import Walker, WalkOptions, WalkResult
+from framevet.unwind.userwalk import user_walk, with_fde_functions
 
 
 @dataclass
@@ -66,8 +69,6 @@ class Context:
     def finding_at(self, sec: int, off: int, rule: str, message: str,
                    severity: str | None = None, **details: object) -> Finding:
         """A finding at ``off`` in section ``sec`` (any section; -1: no location)."""
-        from framevet import rules
-
         r = rules.get(rule)
         sev = severity or (r.severity if r else "warning")
         if sec < 0:
@@ -84,8 +85,6 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     if (options.profile == "user" and not elf.relocatable
             and elf.section(".symtab") is None):
         # a stripped image: functions from its FDEs, as for ``framevet cfa``
-        from framevet.unwind.cfatable import with_fde_functions
-
         elf = with_fde_functions(elf, skip_plt=True)
     prog = build(elf, options.profile, uaccess=options.uaccess, ibt=options.ibt)
     hints = read_hints(obj, prog, options.hints_file)
@@ -106,8 +105,6 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
 
     if options.profile == "user":
         # what static flow misses in user code: landing pads, computed jumps, padding
-        from framevet.unwind.cfatable import user_walk
-
         result, _ = user_walk(prog, walk_opts, declare)
     else:
         walker = Walker(prog, walk_opts)
@@ -116,8 +113,6 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     ctx = Context(obj, prog, result, options, SymbolIndex(prog.elf), hints)
     if options.orc_only or refused:
         return ctx
-    from framevet import rules
-
     registry = rules.all_rules()
 
     def wanted(rule_id: str) -> bool:

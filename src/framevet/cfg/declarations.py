@@ -43,7 +43,7 @@ from framevet.decode.state import (
     func_entry_state,
 )
 from framevet.errors import InputError
-from framevet.load.inputs import LoadedObject
+from framevet.load.object import LoadedObject
 
 REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}
 

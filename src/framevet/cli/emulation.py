@@ -39,16 +39,16 @@ from framevet.emulate import (
     run_abi,
     run_raw,
 )
+from framevet.emulate.avx import dirty_exits
 from framevet.errors import InputError
+from framevet.findings import Finding as ReportFinding
+from framevet.findings import Location
 from framevet.load import LoadedObject, load_path
-from framevet.load.inputs import read_file
+from framevet.load.object import read_file
 
 
 def to_report(f: Finding) -> Any:
     """This package's :class:`Finding` as a :class:`framevet.findings.Finding`."""
-    from framevet.findings import Finding as ReportFinding
-    from framevet.findings import Location
-
     loc = None
     if f.section or f.address is not None:
         sec_off = f.section_offset if f.section_offset is not None else f.offset
@@ -126,7 +126,6 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
 
 def avx_findings(objs: list[LoadedObject], function: str, profile: str) -> list[Any]:
     """What unicorn cannot run: AVX upper halves left dirty, checked on the code."""
-    from framevet.emulate.avx import dirty_exits
     from framevet.pipeline import Options, analyse
 
     out: list[Any] = []

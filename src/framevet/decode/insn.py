@@ -251,7 +251,6 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
     ds = DecodedSection(index, name, len(data))
     off_l, len_l, kind_l, ops_l, tgt_l = ds.off, ds.length, ds.kind, ds.ops, ds.target
     table = _TABLE
-    simple = _SIMPLE_KIND
     invalid_code = Code.INVALID
     vm_launch, vm_resume = Code.VMLAUNCH, Code.VMRESUME
     decoder = iced_x86.Decoder(64, data, ip=0)
@@ -302,58 +301,67 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
             ops_l.append(None)
             tgt_l.append(-1)
             continue
-        kind = simple.get(cat, OTHER)
-        ops: tuple[StackOp, ...] | None = None
-        tgt = -1
-        if cat == C_JCC or cat == C_JMP:
-            tgt = _signed64(ins.near_branch_target)
-        elif cat == C_CALL:
-            kind = CALL
-            ops = _PUSH_CONST
-            tgt = _signed64(ins.near_branch_target)
-        elif cat == C_PUSH_REG:
-            ops = _PUSH_REG[_HW[ins.op0_register]]
-        elif cat == C_POP_REG:
-            ops = _POP_REG[_HW[ins.op0_register]]
-        elif cat == C_PUSH_CONST:
-            ops = _PUSH_CONST
-        elif cat == C_POP_MEM:
-            ops = _POP_MEM
-        elif cat == C_PUSHF:
-            ops = _PUSHF
-        elif cat == C_POPF:
-            ops = _POPF
-        elif cat == C_LEAVE:
-            ops = _LEAVE
-        elif cat == C_IRET:
-            if iret_is_func is not None and iret_is_func(ip):  # type: ignore[operator]
-                ops = _IRET_IN_FUNC
-            else:
-                kind = CONTEXT_SWITCH
-        elif cat == C_ARITH_IMM:
-            ops = _arith_imm(ins)
-        elif cat == C_ADDSUB_REG:
-            if ins.op0_kind == _REGK and ins.op0_register == Register.RSP:
-                ops = ((D_REG, SP, 0, S_ADD, _HW[ins.op1_register], 0),)
-        elif cat == C_MOV_STORE:
-            ops = _mov_store(ins)
-        elif cat == C_MOV_LOAD:
-            ops = _mov_load(ins)
-        elif cat == C_LEA:
-            ops = _lea(ins)
-        elif cat == C_CALL_DYN or cat == C_JMP_DYN:
-            if 0x3E in _prefixes(data, ip):
-                ds.problems.append((ip, "notrack-prefix",
-                                    f"notrack prefix found at {name}:0x{ip:x}", False))
-        elif cat == C_ENQCMD:
-            if _prefixes(data, ip) == b"\xf2":
-                ds.problems.append((ip, "enqcmd-instruction",
-                                    f"ENQCMD instruction at {name}:{ip:x}", False))
+        kind, ops, tgt = _classify(ds, ins, cat, data, iret_is_func)
         kind_l.append(kind)
         ops_l.append(ops)
         tgt_l.append(tgt)
     ds.at = {o: i for i, o in enumerate(off_l)}
     return ds
+
+
+def _classify(ds: DecodedSection, ins: iced_x86.Instruction, cat: int, data: bytes,
+              iret_is_func: object) -> tuple[int, tuple[StackOp, ...] | None, int]:
+    """(kind, stack operations, direct target) of an instruction of category ``cat``;
+    decode problems objtool reports are added to ``ds``."""
+    ip = ins.ip
+    kind = _SIMPLE_KIND.get(cat, OTHER)
+    ops: tuple[StackOp, ...] | None = None
+    tgt = -1
+    if cat == C_JCC or cat == C_JMP:
+        tgt = _signed64(ins.near_branch_target)
+    elif cat == C_CALL:
+        kind = CALL
+        ops = _PUSH_CONST
+        tgt = _signed64(ins.near_branch_target)
+    elif cat == C_PUSH_REG:
+        ops = _PUSH_REG[_HW[ins.op0_register]]
+    elif cat == C_POP_REG:
+        ops = _POP_REG[_HW[ins.op0_register]]
+    elif cat == C_PUSH_CONST:
+        ops = _PUSH_CONST
+    elif cat == C_POP_MEM:
+        ops = _POP_MEM
+    elif cat == C_PUSHF:
+        ops = _PUSHF
+    elif cat == C_POPF:
+        ops = _POPF
+    elif cat == C_LEAVE:
+        ops = _LEAVE
+    elif cat == C_IRET:
+        if iret_is_func is not None and iret_is_func(ip):  # type: ignore[operator]
+            ops = _IRET_IN_FUNC
+        else:
+            kind = CONTEXT_SWITCH
+    elif cat == C_ARITH_IMM:
+        ops = _arith_imm(ins)
+    elif cat == C_ADDSUB_REG:
+        if ins.op0_kind == _REGK and ins.op0_register == Register.RSP:
+            ops = ((D_REG, SP, 0, S_ADD, _HW[ins.op1_register], 0),)
+    elif cat == C_MOV_STORE:
+        ops = _mov_store(ins)
+    elif cat == C_MOV_LOAD:
+        ops = _mov_load(ins)
+    elif cat == C_LEA:
+        ops = _lea(ins)
+    elif cat == C_CALL_DYN or cat == C_JMP_DYN:
+        if 0x3E in _prefixes(data, ip):
+            ds.problems.append((ip, "notrack-prefix",
+                                f"notrack prefix found at {ds.name}:0x{ip:x}", False))
+    elif cat == C_ENQCMD:
+        if _prefixes(data, ip) == b"\xf2":
+            ds.problems.append((ip, "enqcmd-instruction",
+                                f"ENQCMD instruction at {ds.name}:{ip:x}", False))
+    return kind, ops, tgt
 
 
 _LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")

@@ -10,6 +10,10 @@ from framevet.decode import insn as d
 
 # CFI bases besides hardware registers 0..15
 UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4
+#: profile user: CFA = *(rsp + CFA_OFF) + post, post kept in DRAP_OFF (DRAP is off).
+#: OpenSSL's perlasm saves the pre-realignment rsp in a stack slot
+#: (``mov %rax, 88(%rsp)``; ``.cfi_cfa_expression %rsp+88,deref,+8``).
+USER_SP_DEREF = -5
 RA = 16
 NREGS = 17
 
@@ -21,6 +25,8 @@ NOINSTR, INSTR = 12, 13
 REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
 VALS = REGS + 2 * NREGS
 STATE_LEN = VALS + 2 * NREGS
+#: STACK below this: rsp's distance to the CFA is unknown (after a realignment)
+STACK_UNKNOWN = -(1 << 29)
 CFI_FIELDS = list(range(0, 9)) + list(range(REGS, STATE_LEN))
 
 # hint / ORC types
@@ -52,3 +58,25 @@ def func_entry_state() -> list[int]:
 
 _ENTRY = func_entry_state()
 INITIAL_REGS = tuple(_ENTRY[REGS:VALS])
+
+
+def save_reg(s: list[int], reg: int, base: int, off: int) -> None:
+    if reg in CALLEE_SAVED and s[REGS + 2 * reg] == UNDEFINED:
+        s[REGS + 2 * reg] = base
+        s[REGS + 2 * reg + 1] = off
+
+
+def restore_reg(s: list[int], reg: int) -> None:
+    s[REGS + 2 * reg] = INITIAL_REGS[2 * reg]
+    s[REGS + 2 * reg + 1] = INITIAL_REGS[2 * reg + 1]
+
+
+def cfa_back_to_rsp(s: list[int]) -> None:
+    """The CFA's register is gone: express it from rsp when rsp's distance to it is
+    known, else it is lost."""
+    if s[STACK] > STACK_UNKNOWN:
+        s[CFA_BASE] = d.SP
+        s[CFA_OFF] = s[STACK]
+    else:
+        s[CFA_BASE] = UNDEFINED
+        s[CFA_OFF] = 0

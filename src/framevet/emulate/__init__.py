@@ -243,7 +243,7 @@ class RawTarget:
     def side(self, label: str, values: Mapping[str, int] | None) -> Side:
         code = self.code
         if code is None:
-            from framevet.load.inputs import read_file
+            from framevet.load.object import read_file
 
             code = read_file(self.path)
         image = place_raw(code, self.base, {self.name: self.entry}, self.path, self.symbols,

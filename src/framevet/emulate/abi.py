@@ -20,11 +20,14 @@ from framevet.emulate.findings import (
     finding_at,
 )
 from framevet.emulate.image import Image
-from framevet.emulate.machine import FPCW_INIT, MXCSR_INIT, Machine, RunResult
+from framevet.emulate.machine import Machine
+from framevet.emulate.records import RunResult
 from framevet.emulate.spec import (
     ARG_REGS,
     CALLEE_SAVED,
     DF,
+    FPCW_INIT,
+    MXCSR_INIT,
     REG_NAMES,
     RFLAGS,
     ArgSpec,

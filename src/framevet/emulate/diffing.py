@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from framevet.emulate.abi import trace_lines
 from framevet.emulate.findings import DIFF_DIVERGENCE, Finding, finding_at
 from framevet.emulate.image import Image
-from framevet.emulate.machine import Machine, RunResult
+from framevet.emulate.machine import Machine
+from framevet.emulate.records import RunResult
 from framevet.emulate.spec import (
     CALLEE_SAVED,
     DF,

@@ -13,7 +13,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from framevet.emulate.image import MappedObject
-from framevet.emulate.unwind import Rule, from_cfarule
+from framevet.emulate.unwindrule import Rule, from_cfarule
+from framevet.unwind.dwarf import read_cfi
 
 
 @dataclass
@@ -37,8 +38,6 @@ class DwarfTable:
 
 def dwarf_table(mo: MappedObject, notes: list[str] | None = None) -> DwarfTable | None:
     """The DWARF unwind table of ``mo`` (None when it has no CFI)."""
-    from framevet.unwind.dwarf import read_cfi
-
     info = read_cfi(mo.elf)
     if notes is not None:
         notes.extend(f"{mo.display}: {e}" for e in info.errors)

@@ -42,7 +42,7 @@ from framevet.load.elf import (
     Section,
     Symbol,
 )
-from framevet.load.inputs import LoadedObject
+from framevet.load.object import LoadedObject
 
 PAGE = 0x1000
 R_NONE, R_64, R_PC32, R_GOT32, R_PLT32 = 0, 1, 2, 3, 4

@@ -18,8 +18,6 @@ import random
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import unicorn.unicorn_const as uc_const
 from unicorn import (
@@ -39,6 +37,7 @@ from unicorn import x86_const as X
 from framevet.emulate import insn as I
 from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
 from framevet.emulate.image import PAGE, Image, page_down, page_up
+from framevet.emulate.records import Event, Fault, Frame, Observer, RunResult
 from framevet.emulate.spec import (
     ARG_REGS,
     CALLEE_SAVED,
@@ -46,6 +45,8 @@ from framevet.emulate.spec import (
     CALLER_SAVED,
     DF,
     EXIT_ADDR,
+    FPCW_INIT,
+    MXCSR_INIT,
     REG_NAMES,
     RFLAGS,
     STACK_TOP,
@@ -58,7 +59,6 @@ from framevet.emulate.ucregs import RegFile
 from framevet.errors import InputError
 
 TRACE_LEN = 12
-MXCSR_INIT, FPCW_INIT = 0x1F80, 0x037F
 #: external symbols that change no register: ftrace entry and the return thunks
 PRESERVING = frozenset({"__fentry__", "mcount", "__x86_return_thunk", "srso_return_thunk",
                         "srso_alias_return_thunk", "retbleed_return_thunk",
@@ -69,70 +69,6 @@ _REG_NUM = {n: i for i, n in enumerate(REG_NAMES[:16])}
 #: VEX-encoded instructions unicorn 2.1 (QEMU 5 TCG) executes: BMI1/2 and vzero*
 _VEX_OK = {"andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep", "pext", "rorx",
            "sarx", "shlx", "shrx", "vzeroupper", "vzeroall"}
-
-
-@dataclass
-class Frame:
-    """One active call, as the hardware really made it."""
-
-    cfa: int                      # caller's rsp after the return
-    ra: int                       # return address
-    saved: tuple[int, ...]        # callee-saved values at the call (CALLEE_SAVED order)
-    entry: int                    # call target
-    call_pc: int                  # address of the call instruction (0: the harness)
-
-
-@dataclass
-class Event:
-    pc: int
-    rule: str
-    severity: str
-    message: str
-    key: str
-
-
-@dataclass
-class Fault:
-    kind: str        # unmapped / protected / trap / invalid / unsupported / syscall / halt /
-                     # runaway (instruction or time budget exhausted) / error
-    pc: int
-    message: str
-    rule: str = ABI_VIOLATION
-
-
-class Observer(Protocol):
-    def step(self, m: Machine, pc: int, regs: list[int], frame: Frame) -> None: ...
-
-
-@dataclass
-class RunResult:
-    returned: bool
-    fault: Fault | None
-    regs: list[int]
-    steps: int
-    entry_rsp: int
-    events: list[Event]
-    writes: list[tuple[int, int, int, int]]
-    externs: list[tuple[str, int]]
-    trace: list[int]
-    pcs: list[int] | None
-    last_writer: list[int]
-    df_writer: int
-    mmx_last: int
-    fptag: int
-    memory: dict[str, bytes]
-    taint: list[tuple[int, int, int]] = field(default_factory=list)   # (step, pc, reg)
-    insns: dict[int, I.Insn] = field(default_factory=dict)
-    memory_addr: dict[str, int] = field(default_factory=dict)
-    #: hook calls that were further iterations of a rep-prefixed string instruction
-    rep_iters: int = 0
-    mxcsr: int = MXCSR_INIT
-    fpcw: int = FPCW_INIT
-    ctl_last: int = 0
-
-    def text_at(self, pc: int) -> str:
-        ins = self.insns.get(pc)
-        return ins.text if ins is not None else "?"
 
 
 class Machine:

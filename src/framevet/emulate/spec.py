@@ -233,3 +233,6 @@ def make_state(specs: list[ArgSpec], seed: int, run: int) -> InitialState:
     caller = rng.randbytes(CALLER_AREA)
     return InitialState(regs, rflags, xmm, buffers, stack_args, caller, int_args,
                         rng.getrandbits(64))
+
+
+MXCSR_INIT, FPCW_INIT = 0x1F80, 0x037F

@@ -25,7 +25,7 @@ from framevet.emulate import RunStats, run_abi
 from framevet.emulate.findings import Finding
 from framevet.load.archive import iter_members
 from framevet.load.elf import parse_elf
-from framevet.load.inputs import LoadedObject, read_file
+from framevet.load.object import LoadedObject, read_file
 
 LIBC_A = "/usr/lib/x86_64-linux-gnu/libc.a"
 N = 300

@@ -13,7 +13,7 @@ from elftools.elf.elffile import ELFFile
 
 from framevet.errors import InputError
 from framevet.load.elf import parse_elf
-from framevet.load.inputs import LoadedObject
+from framevet.load.object import LoadedObject
 
 
 def compiler() -> str:

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from framevet.errors import InputError
 from framevet.load.archive import is_archive, iter_members
-from framevet.load.elf import ElfObject, parse_elf
+from framevet.load.asm import assemble
+from framevet.load.elf import parse_elf
+from framevet.load.object import LoadedObject, read_file
 
 ASM_SUFFIXES = (".S", ".s", ".sx", ".asm")
-
-
-@dataclass
-class LoadedObject:
-    """An ELF image plus where it came from (and, for assembly input, its line table)."""
-
-    elf: ElfObject
-    display: str
-    #: for assembled sources: (section name, offset) -> (source path, line)
-    lines: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
-
-    def source_of(self, section: str, offset: int) -> tuple[str, int] | None:
-        return self.lines.get((section, offset))
-
-
-def read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory") from None
-    except OSError as exc:
-        raise InputError(path, exc.strerror or str(exc)) from None
 
 
 def archive_size(path: str) -> int:
@@ -56,8 +31,6 @@ def load_path(path: str, cflags: list[str] | None = None,
     """Every ELF image in ``path``: one for an object, one per member for an archive
     (only the members numbered in ``members`` when given)."""
     if path.endswith(ASM_SUFFIXES):
-        from framevet.load.asm import assemble
-
         return [assemble(path, cflags or [])]
     data = read_file(path)
     if is_archive(data):

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from framevet import __version__
+from framevet import __version__, rules
 from framevet.findings import Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -27,8 +27,6 @@ def render(findings: list[Finding], fmt: str) -> str:
 
 
 def sarif(findings: Iterable[Finding]) -> dict[str, Any]:
-    from framevet import rules
-
     findings = list(findings)
     used = sorted({f.rule for f in findings})
     known = rules.all_rules()

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from framevet.decode import insn as d
 from framevet.decode.state import UNDEFINED
 from framevet.load.elf import STB_LOCAL, STT_SECTION
-from framevet.rules import Rule, register
 from framevet.rules.ibt import metadata_section
+from framevet.rules.registry import Rule, register
 from framevet.stack.regflow import TRACKED, callee_saved_clobbers
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from framevet.cfg.noreturn import is_sibling_call
 from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import CFA_BASE, CFA_OFF, STACK
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 from framevet.stack.regflow import effects, slot_of
 
 if TYPE_CHECKING:

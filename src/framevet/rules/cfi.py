@@ -1,6 +1,6 @@
 """DWARF CFI rules: checked by framevet.unwind.cficheck (``framevet cfi``)."""
 
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 MISMATCH = register(Rule(
     "cfi-mismatch", "DWARF CFI disagrees with the code",

@@ -1,6 +1,6 @@
 """Findings from running code under emulation (framevet.emulate: ``abi``, ``diff``)."""
 
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 register(Rule(
     "abi-violation", "the run broke the SysV calling convention",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from framevet.decode import insn as d
 from framevet.load.elf import R_X86_64_PC32, R_X86_64_PLT32, SHF_EXECINSTR, STB_GLOBAL, Reloc
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 if TYPE_CHECKING:
     from framevet.findings import Finding

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from framevet.cfg.noreturn import is_noreturn
 from framevet.decode import insn as d
 from framevet.decode.state import CFA_BASE, DRAP, STACK, UNDEFINED
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 if TYPE_CHECKING:
     from framevet.findings import Finding

@@ -9,7 +9,7 @@ NMI path), so it may only call other noinstr code, except inside an
 
 from __future__ import annotations
 
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 _WHY = ("noinstr code runs before RCU, lockdep or the context-tracking state is set up; "
         "an instrumented callee (tracing, KASAN, KCOV, kprobes) can recurse or crash there")

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
+from framevet.unwind.orc import already_has_orc, orc_rows, unknown_cfa_base
 
 if TYPE_CHECKING:
     from framevet.findings import Finding
@@ -170,8 +171,6 @@ _rule("pushf-stack-exhausted", "too many nested pushf in alternatives (--uaccess
 # -- writing objtool's sections -------------------------------------------------------------
 def check_output(ctx: Context) -> Iterator[Finding]:
     """Sections objtool would have to add that the (unlinked) object already has."""
-    from framevet.unwind.orc import already_has_orc, orc_rows, unknown_cfa_base
-
     prog, opts = ctx.prog, ctx.options
     if not prog.strict:
         return
@@ -186,8 +185,6 @@ def check_output(ctx: Context) -> Iterator[Finding]:
 
 
 def check_cfa_base(ctx: Context) -> Iterator[Finding]:
-    from framevet.unwind.orc import unknown_cfa_base
-
     bad = unknown_cfa_base(ctx.prog, ctx.result)
     if bad is not None:
         yield ctx.finding(bad[0], CFA_BASE.id, f"unknown CFA base reg {bad[1]}")

@@ -7,7 +7,7 @@ return does not hide the next.
 
 from __future__ import annotations
 
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 _FRAME_FIX = ("undo every push, stack adjustment and register save before the return/jump, "
               "or annotate a deliberate non-standard frame")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from framevet.decode import insn as d
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 if TYPE_CHECKING:
     from framevet.findings import Finding

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet.cfg.program import SKIP_ORC_SECTIONS, is_noreturn
+from framevet.cfg.noreturn import is_noreturn
+from framevet.cfg.program import SKIP_ORC_SECTIONS
 from framevet.decode import insn as d
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 if TYPE_CHECKING:
     from framevet.findings import Finding

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet.cfg.program import Program, is_sibling_call
+from framevet.cfg.noreturn import is_sibling_call
+from framevet.cfg.program import Program
 from framevet.decode import insn as d
-from framevet.rules import Rule, register
+from framevet.rules.registry import Rule, register
 
 if TYPE_CHECKING:
     from framevet.findings import Finding

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import iced_x86
 from iced_x86 import OpAccess, OpKind, Register
 
-from framevet.cfg.program import Program, is_noreturn, is_sibling_call
+from framevet.cfg.noreturn import is_noreturn, is_sibling_call
+from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import (
     CALLEE_SAVED,

@@ -30,7 +30,9 @@ from framevet.decode.state import (
     INITIAL_REGS,
     REGS,
     STACK,
+    STACK_UNKNOWN,
     UNDEFINED,
+    USER_SP_DEREF,
     VALS,
 )
 
@@ -129,8 +131,6 @@ def store_through_sp_copy(w: Walker, g: int, s: list[int]) -> bool:
     """``mov %base, d(%r)`` while the CFA is ``base + k`` and ``%r`` was set by
     ``lea o(%rsp), %r`` a few straight-line instructions before (OpenSSL's
     whirlpool_block): the slot is ``rsp + o + d``, the CFA ``*(rsp+o+d) + k``."""
-    from framevet.stack.stackmodel import USER_SP_DEREF, _writes
-
     base = s[CFA_BASE]
     prog = w.prog
     if not 0 <= base < 16 or base == d.SP or base == d.BP or s[DRAP] or prog.length[g] > 8:
@@ -150,7 +150,7 @@ def store_through_sp_copy(w: Walker, g: int, s: list[int]) -> bool:
             s[CFA_BASE] = USER_SP_DEREF
             s[CFA_OFF] = (ops[0][5] if ops[0][3] == d.S_ADD else 0) + m[3]
             return True
-        if _writes(prog, p, r) or _writes(prog, p, d.SP) or _writes(prog, p, base):
+        if prog.writes(p, r) or prog.writes(p, d.SP) or prog.writes(p, base):
             return False
         p = prog.prev_same_sec(p)
     return False
@@ -160,8 +160,6 @@ def user_xchg_sp(w: Walker, g: int, s: list[int]) -> bool:
     """``xchg %rsp, %reg`` (OpenSSL's AES_cbc_encrypt switches to a realigned
     area so): with the CFA on rsp it moves to %reg, which now holds the old rsp;
     with the CFA on %reg it moves back to rsp; otherwise it is lost."""
-    from framevet.stack.stackmodel import _STACK_UNKNOWN
-
     prog = w.prog
     n = prog.length[g]
     if n not in (2, 3) or prog.kind[g] != d.OTHER:
@@ -187,7 +185,7 @@ def user_xchg_sp(w: Walker, g: int, s: list[int]) -> bool:
         s[VALS + 2 * reg] = CFA
         s[VALS + 2 * reg + 1] = -s[STACK]
         s[CFA_BASE] = reg
-        s[STACK] = _STACK_UNKNOWN * 2
+        s[STACK] = STACK_UNKNOWN * 2
     elif s[CFA_BASE] == reg:
         s[STACK] = s[CFA_OFF]
         s[CFA_BASE] = d.SP
@@ -219,8 +217,6 @@ def _fresh_copy(w: Walker, g: int, src: int) -> bool:
     """``src`` still holds the copy of rsp its state says: callee-saved registers
     are kept up to date (:func:`forget_overwritten`); another must have been set
     from rsp a few straight-line instructions before, and not written since."""
-    from framevet.stack.stackmodel import _writes
-
     if src in _CS_ORDER:
         return True
     prog = w.prog
@@ -231,7 +227,7 @@ def _fresh_copy(w: Walker, g: int, src: int) -> bool:
         ops = prog.ops[p]
         if ops and ops[0][0] == d.D_REG and ops[0][1] == src and ops[0][4] == d.SP:
             return True
-        if _writes(prog, p, src):
+        if prog.writes(p, src):
             return False
         p = prog.prev_same_sec(p)
     return False
@@ -269,17 +265,15 @@ def user_lea_handoff(w: Walker, g: int, s: list[int]) -> bool:
 def _reloaded_through(w: Walker, g: int, base: int, copy: int) -> bool:
     """``base`` is reloaded from memory addressed by ``copy`` within a few
     straight-line instructions that write neither, and not before."""
-    from framevet.stack.stackmodel import _writes
-
     prog = w.prog
     n = prog.next_same_sec(g)
     for _ in range(_WINDOW):
         if n < 0 or prog.kind[n] not in (d.OTHER, d.NOP):
             return False
-        if _writes(prog, n, base):
+        if prog.writes(n, base):
             m = _mem_mov(prog, n)
             return m is not None and not m[0] and m[1] == base and m[2] == copy
-        if _writes(prog, n, copy):
+        if prog.writes(n, copy):
             return False
         n = prog.next_same_sec(n)
     return False
@@ -289,8 +283,6 @@ def _built_frame(w: Walker, g: int, src: int, s: list[int]) -> bool:
     """``mov %src, %rbp`` after ``mov %ra, K(%src)`` with %ra loaded from the
     return address slot (``mov (%rsp), %ra`` at CFA-8) and, optionally,
     ``mov %rbp, K-8(%src)``: CFA = rbp + K + 8."""
-    from framevet.stack.stackmodel import _writes
-
     prog = w.prog
     ra_slot: dict[int, int] = {}          # register -> disp where it was stored
     bp_slot: int | None = None
@@ -320,9 +312,9 @@ def _built_frame(w: Walker, g: int, src: int, s: list[int]) -> bool:
                     s[REGS + 2 * d.BP + 1] = -16
                 s[VALS + 2 * d.BP] = UNDEFINED
                 return True
-        if src_live and _writes(prog, p, src):
+        if src_live and prog.writes(p, src):
             src_live = False
-        for r in [r for r in ra_slot if _writes(prog, p, r)]:
+        for r in [r for r in ra_slot if prog.writes(p, r)]:
             del ra_slot[r]
         if not src_live and not ra_slot:
             return False

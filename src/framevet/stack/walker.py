@@ -11,27 +11,20 @@ warning of a function -- which ends its walk, as in objtool -- is the same one.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 from framevet.cfg.noinstr import PvOps, is_noinstr_section
-from framevet.cfg.noinstr import call_ok as noinstr_call_ok
-from framevet.cfg.program import Program, is_noreturn, is_sibling_call
+from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import (
-    BP_SCRATCH,
-    CFA,
     CFA_BASE,
     CFA_OFF,
-    DF,
     DRAP,
     DRAP_OFF,
     DRAP_REG,
-    INITIAL_REGS,
     INSTR,
     NOINSTR,
     NREGS,
     REGS,
-    STACK,
     STATE_LEN,
     TYPE,
     UACCESS,
@@ -41,47 +34,14 @@ from framevet.decode.state import (
     blank_state,
     func_entry_state,
 )
-from framevet.load.elf import STB_GLOBAL, STT_NOTYPE, Symbol
-from framevet.stack.stackmodel import update_cfi, user_after
+from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
+from framevet.stack.effects import update_cfi
+from framevet.stack.transfers import _END, TransferChecks
+from framevet.stack.usermodel import user_after
+from framevet.stack.walkresult import WalkAborted, WalkOptions, WalkResult, Warning
 
 
-@dataclass(slots=True)
-class Warning:
-    gid: int          # -1: no location (objtool's plain WARN)
-    rule: str
-    message: str
-    #: the section objtool names instead of the instruction's own: the one its walk
-    #: (validate_branch) started in, e.g. .altinstr_replacement after a replacement
-    sec: int = -1
-
-
-@dataclass
-class WalkOptions:
-    stackval: bool = False
-    uaccess: bool = False
-    #: --noinstr (with --link): calls and returns in .noinstr.text/.entry.text functions
-    noinstr: bool = False
-    #: ... and unwind hints in those sections too (objtool's --noinstr without a full walk)
-    noinstr_hints: bool = False
-    #: report every warning of a function instead of stopping at the first
-    all_warnings: bool = False
-
-
-@dataclass
-class WalkResult:
-    #: per gid: the interned CFI tuple (see CFI_FIELDS), or None when never reached
-    cfi: list[tuple[int, ...] | None]
-    warnings: list[Warning] = field(default_factory=list)
-    visited: bytearray = field(default_factory=bytearray)
-    #: every distinct CFI tuple the walk recorded (interned states and hints)
-    states: list[tuple[int, ...]] = field(default_factory=list)
-
-
-class _Abort(Exception):
-    pass
-
-
-class Walker:
+class Walker(TransferChecks):
     def __init__(self, prog: Program, opts: WalkOptions | None = None,
                  hints: dict[int, tuple[int, ...]] | None = None,
                  save_insns: set[int] | None = None,
@@ -116,7 +76,7 @@ class Walker:
         # profile user (with all_warnings): never end the function's walk; the path
         # goes on with the state as it is (a CFA made undefined stays undefined)
         if (fatal and self.prog.profile != "user") or not self.opts.all_warnings:
-            raise _Abort
+            raise WalkAborted
 
     # -- driver ------------------------------------------------------------
     def run(self) -> WalkResult:
@@ -199,11 +159,11 @@ class Walker:
                 for lg in sorted(labels[fi]):
                     if lg > g and not self.visited[lg]:
                         st = blank_state()
-                        _load_cfi(st, c)
+                        load_cfi(st, c)
                         self._walk_from(fi, lg, st)
 
     def _walk_from(self, func: int, g: int, state: list[int]) -> None:
-        with contextlib.suppress(_Abort):
+        with contextlib.suppress(WalkAborted):
             self._walk(func, g, state)
 
     # -- the walk ----------------------------------------------------------
@@ -213,25 +173,12 @@ class Walker:
 
     def _walk(self, func: int, start: int, state0: list[int]) -> None:
         prog = self.prog
-        kind, ops_l, jump_dest, call_dest = prog.kind, prog.ops, prog.jump_dest, prog.call_dest
-        alts_map, alt_group, groups = prog.alts, prog.alt_group, prog.groups
-        visited, cfi_l, funcs, pfunc = self.visited, self.cfi, prog.func, prog.functions
-        dead_end, ignore_alts = prog.dead_end, prog.ignore_alts
+        kind, ops_l, alt_group = prog.kind, prog.ops, prog.alt_group
+        visited, cfi_l, dead_end = self.visited, self.cfi, prog.dead_end
         hints, restores = self.hints, self.restore_insns
         user = prog.profile == "user"
-        ignored, sec_of, c_file = self.ignored, prog.sec_of, self.c_file
-        sec_last = prog.sec_last
-        # hints, restores and ignored instructions: one lookup for the common case
-        instr = prog.instr if self.opts.noinstr else {}
-        key = (len(hints), len(restores), len(ignored), id(ignored), len(instr))
-        if self._marked is None or self._marked[0] != key:
-            marks = set(hints) | restores | ignored | set(instr)
-            self._marked = (key, marks, marks | alt_group.keys() | alts_map.keys())
-        marked, special = self._marked[1], self._marked[2]
-        # parent function of each instruction's function (-1: none), for falls-through
-        fparent = self._fparent
-        if fparent is None or len(fparent) != len(funcs):
-            fparent = self._fparent = [pfunc[f].parent if f >= 0 else -1 for f in funcs]
+        sec_of, sec_last = prog.sec_of, prog.sec_last
+        marked, special, fparent = self._lookups()
         pushf = self.opts.uaccess
         # (instruction, state, phase, section the validate_branch() call started in)
         stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
@@ -239,33 +186,17 @@ class Walker:
             g, state, phase, wsec = stack.pop()
             snap: tuple[int, ...] | None = None
             if g < 0:
-                # the virtual NOP standing for an empty replacement
-                vgrp = groups[-1 - g]
-                self._propagate(groups, -1 - g, 0, self._snap(state), groups[vgrp.orig].first)
-                g = prog.next_same_sec(groups[vgrp.orig].last)
+                g = self._past_empty_replacement(g, state)
                 if g < 0:
                     continue
             while True:
                 if phase == 0:
                     fp = fparent[g]
-                    if c_file and func >= 0 and fp >= 0 and func != fp:
-                        fg = funcs[g]
-                        self.warn(-1, "falls-through-to-next-function",
-                                  f"{pfunc[func].name}() falls through to next function "
-                                  f"{pfunc[fg].name}()")
-                        if prog.profile == "user":
-                            break           # never carry one function's state into another
-                    elif (user and func >= 0 and fp >= 0 and g != start and func != fp
-                          and prog.off[g] == pfunc[funcs[g]].start):
-                        break               # user: another function's entry is walked from there
-                    is_hint = False
+                    if func >= 0 and fp >= 0 and func != fp and self._leaves(func, g, start):
+                        break
                     is_special = g in special
                     is_marked = is_special and g in marked
-                    if is_marked:
-                        if func >= 0 and g in ignored:
-                            self.warn(g, "validating-ignored-function",
-                                      "BUG: why am I validating an ignored function?", sec=wsec)
-                        is_hint = g in hints or g in restores
+                    is_hint = is_marked and self._hint_at(func, g, wsec)
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
                     if v & 3:
@@ -275,7 +206,7 @@ class Walker:
                             break
                     if is_hint:
                         h = self._restore(func, g, wsec) if g in restores else hints[g]
-                        _load_cfi(state, h)
+                        load_cfi(state, h)
                         cfi_l[g] = h
                         snap = h
                     else:
@@ -283,32 +214,16 @@ class Walker:
                             snap = self._snap(state)
                         cfi_l[g] = snap
                     visited[g] = v | vbit
-                    if is_marked and state[NOINSTR]:
-                        state[INSTR] += instr.get(g, 0)
-                    if not is_special:
-                        pass
-                    elif (grp := alt_group.get(g)) is not None:
-                        self._propagate(groups, grp, prog.off[g] - prog.off[groups[grp].first],
-                                        cfi_l[g], g)  # type: ignore[arg-type]
-                    alts = alts_map.get(g) if is_special else None
-                    if alts and not ignore_alts[g]:
-                        skip_orig = any(so for _, so in alts)
-                        if not skip_orig:
-                            stack.append((g, list(state), 1, wsec))
-                        for ag, _ in reversed(alts):
-                            stack.append((ag, list(state), 0, sec_of[ag] if ag >= 0 else wsec))
+                    if is_special and self._special(g, state, is_marked, wsec, stack):
                         break
                 if phase == 2:
                     phase = 0
                     if dead_end[g]:
                         break
-                    nxt = self._next(g, state)
-                    if nxt < 0:
-                        if state[CFA_BASE] == UNDEFINED:
-                            break
-                        self.warn(-1, "unexpected-end-of-section",
-                                  f"{prog.section_name(wsec)}: unexpected end of section")
-                    g = nxt
+                    g = self._next(g, state)
+                    if g < 0:
+                        self._end_of_section(state, wsec)
+                        break
                     continue
                 phase = 0
                 k = kind[g]
@@ -322,52 +237,99 @@ class Walker:
                     snap = None
                 if user and user_after(self, g, state, base0):
                     snap = None
-                if k == d.RETURN:
-                    self._validate_return(func, g, state)
-                    break
-                if k == d.CALL or k == d.CALL_DYNAMIC:
-                    self._validate_call(g, state)
-                    if (self.opts.stackval and func >= 0 and not self._fentry(g)
-                            and not _valid_frame(state)):
-                        self.warn(g, "call-without-frame-pointer",
-                                  "call without frame pointer save/setup", fatal=False, sec=wsec)
-                    if k == d.CALL and is_noreturn(prog, call_dest[g]):
+                if k != d.OTHER and k != d.NOP:
+                    to = self._transfer(func, g, k, state, wsec, stack)
+                    if to == _END:
                         break
-                elif k == d.JUMP_COND or k == d.JUMP_UNCOND:
-                    if is_sibling_call(prog, g):
-                        self._validate_sibling(g, state)
-                    elif jump_dest[g] >= 0:
-                        if k == d.JUMP_COND:
-                            stack.append((g, list(state), 2, wsec))
-                        g = jump_dest[g]
+                    if to >= 0:
+                        g = to
                         wsec = sec_of[g]
                         continue
-                    if k == d.JUMP_UNCOND:
-                        break
-                elif k == d.JUMP_DYNAMIC or k == d.JUMP_DYNAMIC_COND:
-                    if is_sibling_call(prog, g):
-                        self._validate_sibling(g, state)
-                    if k == d.JUMP_DYNAMIC:
-                        break
-                elif k == d.CONTEXT_SWITCH:
-                    if func >= 0 and not self._next_is_hint(g):
-                        self.warn(g, "unsupported-instruction-in-callable",
-                                  "unsupported instruction in callable function", sec=wsec)
-                    break
-                elif k == d.STAC or k == d.CLAC or k == d.STD or k == d.CLD:
-                    self._flag_insn(func, g, k, state, wsec)
                 if dead_end[g]:
                     break
                 if g in alt_group:
-                    nxt = self._next(g, state)
+                    g = self._next(g, state)
                 else:
-                    nxt = -1 if sec_last[g] else g + 1
-                if nxt < 0:
-                    if state[CFA_BASE] == UNDEFINED:
-                        break
-                    self.warn(-1, "unexpected-end-of-section",
-                              f"{prog.section_name(wsec)}: unexpected end of section")
-                g = nxt
+                    g = -1 if sec_last[g] else g + 1
+                if g < 0:
+                    self._end_of_section(state, wsec)
+                    break
+
+    def _past_empty_replacement(self, g: int, state: list[int]) -> int:
+        """The virtual NOP ``g`` standing for an empty alternative replacement: give
+        the group its state; the path goes on after the original instructions."""
+        groups = self.prog.groups
+        vgrp = groups[-1 - g]
+        self._propagate(groups, -1 - g, 0, self._snap(state), groups[vgrp.orig].first)
+        return self.prog.next_same_sec(groups[vgrp.orig].last)
+
+    def _hint_at(self, func: int, g: int, wsec: int) -> bool:
+        """A marked instruction: an unwind hint or restore point (True), or an ignored
+        function's code reached anyway (objtool's BUG warning)."""
+        if func >= 0 and g in self.ignored:
+            self.warn(g, "validating-ignored-function",
+                      "BUG: why am I validating an ignored function?", sec=wsec)
+        return g in self.hints or g in self.restore_insns
+
+    def _end_of_section(self, state: list[int], wsec: int) -> None:
+        """The path runs off its section's end: fine once the CFA is undefined (code
+        that never returns), otherwise objtool's warning.  The path ends either way."""
+        if state[CFA_BASE] != UNDEFINED:
+            self.warn(-1, "unexpected-end-of-section",
+                      f"{self.prog.section_name(wsec)}: unexpected end of section")
+
+    def _lookups(self) -> tuple[set[int], set[int], list[int]]:
+        """What the walk looks up per instruction, computed once per set of hints:
+        instructions that are hints, restores or ignored (*marked*); those plus
+        alternatives (*special*); and each instruction's function's parent."""
+        prog = self.prog
+        hints, restores, ignored = self.hints, self.restore_insns, self.ignored
+        instr = prog.instr if self.opts.noinstr else {}
+        key = (len(hints), len(restores), len(ignored), id(ignored), len(instr))
+        if self._marked is None or self._marked[0] != key:
+            marks = set(hints) | restores | ignored | set(instr)
+            self._marked = (key, marks, marks | prog.alt_group.keys() | prog.alts.keys())
+        fparent = self._fparent
+        if fparent is None or len(fparent) != len(prog.func):
+            pfunc = prog.functions
+            fparent = self._fparent = [pfunc[f].parent if f >= 0 else -1 for f in prog.func]
+        return self._marked[1], self._marked[2], fparent
+
+    def _leaves(self, func: int, g: int, start: int) -> bool:
+        """The walk of ``func`` reaches ``g`` of another function: objtool warns (C
+        files); profile user never carries one function's state into another, whose
+        entry is walked from there.  True when the path ends here."""
+        prog = self.prog
+        pfunc = prog.functions
+        if self.c_file:
+            self.warn(-1, "falls-through-to-next-function",
+                      f"{pfunc[func].name}() falls through to next function "
+                      f"{pfunc[prog.func[g]].name}()")
+            return prog.profile == "user"
+        return (prog.profile == "user" and g != start
+                and prog.off[g] == pfunc[prog.func[g]].start)
+
+    def _special(self, g: int, state: list[int], is_marked: bool, wsec: int,
+                 stack: list[tuple[int, list[int], int, int]]) -> bool:
+        """An alternative's instruction or a noinstr annotation at ``g``.  True when the
+        path continues through the alternatives pushed on ``stack`` instead."""
+        prog = self.prog
+        if is_marked and state[NOINSTR]:
+            state[INSTR] += prog.instr.get(g, 0) if self.opts.noinstr else 0
+        grp = prog.alt_group.get(g)
+        if grp is not None:
+            groups = prog.groups
+            self._propagate(groups, grp, prog.off[g] - prog.off[groups[grp].first],
+                            self.cfi[g], g)  # type: ignore[arg-type]
+        alts = prog.alts.get(g)
+        if not alts or prog.ignore_alts[g]:
+            return False
+        if not any(so for _, so in alts):
+            stack.append((g, list(state), 1, wsec))
+        sec_of = prog.sec_of
+        for ag, _ in reversed(alts):
+            stack.append((ag, list(state), 0, sec_of[ag] if ag >= 0 else wsec))
+        return True
 
     def _next(self, g: int, state: list[int]) -> int:
         """objtool's next_insn_to_validate(): replacements flow back after the original."""
@@ -419,12 +381,12 @@ class Walker:
                     self.warn(g, "cfi-save-restore-combo",
                               "objtool isn't smart enough to handle this CFI save/restore combo",
                               sec=wsec)
-                    raise _Abort        # (no state to go on with, whatever the profile)
+                    raise WalkAborted        # (no state to go on with, whatever the profile)
                 return c
             i -= 1
         self.warn(g, "no-cfi-save-for-restore", "no corresponding CFI save for CFI restore",
                   sec=wsec)
-        raise _Abort
+        raise WalkAborted
 
     def _next_is_hint(self, g: int) -> bool:
         n = self.prog.next_same_sec(g)
@@ -463,107 +425,8 @@ class Walker:
                       f"drap2={state[DRAP]}({state[DRAP_REG]},{state[DRAP_OFF]})")
         return True
 
-    def _validate_return(self, func: int, g: int, state: list[int]) -> None:
-        if state[NOINSTR] and state[INSTR] > 0:
-            self.warn(g, "return-with-instrumentation-enabled",
-                      "return with instrumentation enabled", fatal=False)
-        if self.opts.uaccess:
-            safe = self._uaccess_safe(func)
-            if state[UACCESS] and not safe:
-                self.warn(g, "return-with-uaccess-enabled", "return with UACCESS enabled",
-                          fatal=False)
-            if not state[UACCESS] and safe:
-                self.warn(g, "return-with-uaccess-disabled",
-                          "return with UACCESS disabled from a UACCESS-safe function", fatal=False)
-        if state[DF]:
-            self.warn(g, "return-with-df-set", "return with DF set", fatal=False)
-        if func >= 0 and _modified_frame(state):
-            self.warn(g, "return-modified-frame", "return with modified stack frame", fatal=False)
-        if state[BP_SCRATCH]:
-            self.warn(g, "bp-used-as-scratch", "BP used as a scratch register", fatal=False)
 
-    def _validate_call(self, g: int, state: list[int]) -> None:
-        cd = self.prog.call_dest[g]
-        if state[NOINSTR] and state[INSTR] <= 0:
-            self._noinstr_call(g, cd)
-        name = cd.name if cd is not None else "{dynamic}"
-        if self.opts.uaccess and state[UACCESS] and not self._uaccess_safe_sym(name):
-            self.warn(g, "call-with-uaccess-enabled", f"call to {name}() with UACCESS enabled",
-                      fatal=False)
-        if state[DF]:
-            self.warn(g, "call-with-df-set", f"call to {name}() with DF set", fatal=False)
-
-    def _validate_sibling(self, g: int, state: list[int]) -> None:
-        func = self.prog.func[g]
-        if func in self.entry_funcs:
-            # an entry stub hands the bare hardware frame on to its handler
-            if state[CFA_BASE] != d.SP or state[CFA_OFF] != 0:
-                self.warn(g, "sibling-call-modified-frame",
-                          "sibling call from callable instruction with modified stack frame",
-                          fatal=False)
-            return
-        if _modified_frame(state):
-            self.warn(g, "sibling-call-modified-frame",
-                      "sibling call from callable instruction with modified stack frame",
-                      fatal=False)
-        self._validate_call(g, state)
-
-    def _noinstr_call(self, g: int, cd: Symbol | None) -> None:
-        if self._pv is None:
-            self._pv = PvOps(self.prog)
-        ok, lines = noinstr_call_ok(self.prog, self._pv, g, cd)
-        self.warnings.extend(Warning(-1, "pv-ops-target-instrumented", t) for t in lines)
-        if not ok:
-            self.warn(g, "call-leaves-noinstr",
-                      f"call to {self._pv.name(g, cd)}() leaves .noinstr.text section",
-                      fatal=False)
-
-    def _uaccess_safe(self, func: int) -> bool:
-        return func >= 0 and self._uaccess_safe_sym(self.prog.functions[func].name)
-
-    def _uaccess_safe_sym(self, name: str) -> bool:
-        from framevet.stack.uaccess import UACCESS_SAFE
-        return name in UACCESS_SAFE
-
-    def _flag_insn(self, func: int, g: int, k: int, state: list[int], wsec: int) -> None:
-        if k == d.STD:
-            if state[DF]:
-                self.warn(g, "recursive-std", "recursive STD", fatal=False, sec=wsec)
-            state[DF] = 1
-        elif k == d.CLD:
-            if not state[DF] and func >= 0:
-                self.warn(g, "redundant-cld", "redundant CLD", fatal=False, sec=wsec)
-            state[DF] = 0
-        elif not self.opts.uaccess:
-            return
-        elif k == d.STAC:
-            if state[UACCESS]:
-                self.warn(g, "recursive-uaccess-enable", "recursive UACCESS enable",
-                          fatal=False, sec=wsec)
-            state[UACCESS] = 1
-        else:
-            if not state[UACCESS] and func >= 0:
-                self.warn(g, "redundant-uaccess-disable", "redundant UACCESS disable",
-                          fatal=False, sec=wsec)
-            if self._uaccess_safe(func) and not state[UACCESS_STACK]:
-                self.warn(g, "uaccess-safe-disables-uaccess", "UACCESS-safe disables UACCESS",
-                          fatal=False, sec=wsec)
-            state[UACCESS] = 0
-
-def _modified_frame(s: list[int]) -> bool:
-    if s[CFA_BASE] != d.SP or s[DRAP] or s[CFA_OFF] != 8 or s[STACK] != 8:
-        return True
-    return tuple(s[REGS:VALS]) != INITIAL_REGS
-
-
-def _valid_frame(s: list[int]) -> bool:
-    if (s[CFA_BASE] == d.BP and s[REGS + 2 * d.BP] == CFA
-            and s[REGS + 2 * d.BP + 1] == -16):
-        return True
-    return bool(s[DRAP] and s[REGS + 2 * d.BP] == d.BP)
-
-
-def _load_cfi(state: list[int], cfi: tuple[int, ...]) -> None:
+def load_cfi(state: list[int], cfi: tuple[int, ...]) -> None:
     """Load an interned CFI tuple into a full state (keeping the insn-state fields)."""
     state[0:9] = cfi[0:9]
     state[REGS:STATE_LEN] = cfi[9:]

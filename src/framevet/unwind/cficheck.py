@@ -36,37 +36,26 @@ from dataclasses import dataclass, field
 
 import iced_x86
 
+from framevet.cfg.program import Program
 from framevet.decode import insn as d
-from framevet.decode.state import CFA, NREGS
 from framevet.findings import Finding, Location, SymbolIndex
 from framevet.load.elf import STT_FUNC
-from framevet.load.inputs import LoadedObject
-from framevet.unwind.cfatable import (
-    CFA_EXPR,
-    CFA_REG,
-    CFA_UNDEFINED,
-    CfaRule,
-    CfaTable,
-    cfa_table,
-    reg_name,
-)
-from framevet.unwind.cfifix import (  # noqa: F401  (apply_fixes is part of this API)
-    _REG_BY_NAME,
+from framevet.load.object import LoadedObject
+from framevet.unwind.cfarule import CFA_EXPR, CFA_UNDEFINED, CfaRule, reg_name
+from framevet.unwind.cfatable import CfaTable, cfa_table
+from framevet.unwind.cfifix import (
     CHECKED_REGS,
     RA,
+    REG_BY_NAME,
     _directives,
     _reset,
-    apply_fixes,
 )
+from framevet.unwind.cfiplaces import RegisterPlaces
 from framevet.unwind.dwarf import FdeTable, read_cfi
 
 MISMATCH, MISSING = "cfi-mismatch", "cfi-missing"
 
 _PADDING = (d.NOP, d.TRAP)
-#: DWARF register number -> hardware register number (framevet's state layout)
-_DWARF_TO_HW = {0: d.AX, 1: d.DX, 2: d.CX, 3: d.BX, 4: d.SI, 5: d.DI, 6: d.BP, 7: d.SP,
-                **{r: r for r in range(8, 16)}}
-_VALS0 = 9 + 2 * NREGS       # where VALS starts in an interned state tuple
 
 
 @dataclass(slots=True)
@@ -122,12 +111,10 @@ class _Checker:
         self.syms = SymbolIndex(obj.elf)
         self.out: list[CfiFinding] = []
         self.fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.GAS)
-        self._place_cache: dict[int, dict[int, tuple[frozenset[int], ...]]] = {}
-        self._slots: dict[int, set[tuple[int, int]]] = {}
+        self.regs_at = RegisterPlaces(self.prog, table)
         self._reg_cache: dict[int, dict[int, str]] = {}
         self._keep: list[CfaRule] = []
         self._current_fde: FdeTable | None = None
-        self._sources: dict[int, list[int]] | None = None
 
     # -- findings --------------------------------------------------------------
     def _where(self, sec: int, off: int) -> tuple[Location, tuple[str, int] | None]:
@@ -296,7 +283,7 @@ class _Checker:
             return [], got                         # outermost frame: CFA is moot
         out: list[str] = []
         if want.kind != CFA_EXPR and not want.same_cfa(got) and \
-                not self._equivalent(g, c, want, got):
+                not self.regs_at.equivalent(g, c, want, got):
             out.append("cfa")
         if wregs == gregs:
             return out, got
@@ -306,16 +293,16 @@ class _Checker:
             if w == h:
                 continue
             if r == RA:
-                if w not in _REG_BY_NAME:         # ra in a register (vfork): not modelled
+                if w not in REG_BY_NAME:         # ra in a register (vfork): not modelled
                     out.append(reg_name(r))
                 continue
-            if self._benign(g, r, w, h):
+            if self.regs_at.benign(g, r, w, h):
                 continue
-            ok = self._holds(g, c, r, w)
+            ok = self.regs_at.holds(g, c, r, w)
             if ok is False or (ok is None and w is not None and w.startswith("at(")):
                 out.append(reg_name(r))
                 if ok is False:
-                    code[r] = self._code_rule(g, r, h, w)
+                    code[r] = self.regs_at.code_rule(g, r, h, w)
         if not code:
             return out, got
         saved = dict(got.saved)
@@ -330,142 +317,12 @@ class _Checker:
         return out, CfaRule(got.kind, got.reg, got.off, tuple(sorted(saved.items())),
                             tuple(sorted(other.items())), got.expr)
 
-    def _code_rule(self, g: int, r: int, h: str | None, w: str | None) -> str | None:
-        """Where the caller's ``r`` is at ``g`` as a rule (None: in ``r`` itself;
-        ``"lost"``: nowhere), preferring the kind of place the CFI names."""
-        from framevet.stack import regflow
-        places = self._places(self.prog.func[g]).get(g)
-        if places is None:
-            return h
-        hw = _DWARF_TO_HW[r]
-        here = places[regflow.TRACKED.index(hw)]
-        slots = sorted(k - regflow.SLOT for k in here
-                       if abs(k - regflow.SLOT) < regflow.FRAME // 2)
-        if h is not None and h.startswith("cfa") and int(h[3:]) in slots:
-            slots = [int(h[3:])]
-        slot = f"cfa{slots[-1]:+d}" if slots else "lost"
-        regs = [reg_name(dw) for dw, x in sorted(_DWARF_TO_HW.items())
-                if x in here and x != hw]
-        order: list[str | None]
-        if w is not None and w in _REG_BY_NAME:
-            order = [*regs, None, slot]
-        elif w is not None and w.startswith("cfa"):
-            order = [slot, None, *regs]
-        else:
-            order = [None, slot, *regs]
-        for t in order:
-            if t is None and hw in here:
-                return None
-            if t is not None and t != "lost":
-                return t
-        return "lost"
-
     def _regs(self, rule: CfaRule) -> dict[int, str]:
         got = self._reg_cache.get(id(rule))
         if got is None:
             got = self._reg_cache[id(rule)] = dict(rule.reg_rules())
             self._keep.append(rule)
         return got
-
-    def _benign(self, g: int, r: int, w: str | None, h: str | None) -> bool:
-        """The two common differences that are not errors, recognised without the
-        register dataflow: GCC's save slot still named after the epilogue restored the
-        register (the slot still holds it), and GCC's deferred ``.cfi_offset`` in a
-        frame-pointer prologue (the register is not written before the note)."""
-        prog = self.prog
-        fi = prog.func[g]
-        if fi < 0:
-            return False
-        if h is None and w is not None and w.startswith("cfa"):
-            return (r, int(w[3:])) in self._save_slots(fi)
-        if w is None and h is not None and h.startswith("cfa"):
-            start = prog.gid(prog.functions[fi].sec, prog.functions[fi].start)
-            if start < 0 or not start <= g < start + 64:
-                return False
-            bit = 1 << _DWARF_TO_HW[r]
-            targets = self._jump_sources()
-            for p in range(start, g):
-                if prog.cs_writes.get(p, 0) & bit or (p > start and p in targets) \
-                        or prog.kind[p] not in (d.OTHER, d.NOP):
-                    return False
-            return g not in targets
-        return False
-
-    def _save_slots(self, fi: int) -> set[tuple[int, int]]:
-        """(DWARF register, CFA offset) of every slot the function saves a register in."""
-        parent = self.prog.functions[fi].parent
-        s = self._slots.get(parent)
-        if s is None:
-            s = set()
-            cfi = self.table.result.cfi
-            for g in self.prog.func_insns(parent):
-                if cfi[g] is not None:
-                    s.update(self.table.rule_at_gid(g).saved)
-            self._slots[parent] = s
-        return s
-
-    def _holds(self, g: int, c: tuple[int, ...], r: int, rule: str | None) -> bool | None:
-        """Does the CFI's ``rule`` for callee-saved ``r`` find the caller's value at
-        ``g``?  Decided by the register dataflow (:mod:`framevet.stack.regflow`: the places
-        that certainly hold the caller's value); None when it cannot tell."""
-        from framevet.stack import regflow
-        places = self._places(self.prog.func[g]).get(g)
-        if places is None or (rule is not None and rule.startswith(("exp", "v"))) \
-                or rule == "undefined":
-            return None
-        hw = _DWARF_TO_HW[r]
-        here = places[regflow.TRACKED.index(hw)]
-        if rule is not None and rule.startswith("at("):
-            # DRAP frames: saved at rbp+k, valid while rbp is the frame base (framevet's
-            # own rule for rbp is then at(rbp+0)); after ``pop %rbp`` it is not
-            if not rule.startswith("at(rbp"):
-                return None
-            if dict(self.table.rule_at_gid(g).other).get(6) != "at(rbp+0)":
-                return False
-            return regflow._slot(int(rule[6:-1])) + regflow.FRAME in here
-        if rule is None:
-            return hw in here                     # "same value"
-        if rule.startswith("cfa"):
-            if c[3]:                               # DRAP frame: slots are rbp-relative
-                return None
-            return regflow._slot(int(rule[3:])) in here
-        other = _REG_BY_NAME.get(rule)
-        return None if other is None else other in here
-
-    def _places(self, fi: int) -> dict[int, tuple[frozenset[int], ...]]:
-        """Per instruction of ``fi``'s family: where each callee-saved register's caller
-        value certainly is (regflow's must-analysis, from the function's entry)."""
-        if fi < 0:
-            return {}
-        parent = self.prog.functions[fi].parent
-        got = self._place_cache.get(parent)
-        if got is not None:
-            return got
-        from framevet.stack import regflow
-        prog, cfi = self.prog, self.table.result.cfi
-        state_in = regflow.places(prog, cfi, parent)
-        start = prog.gid(prog.functions[parent].sec, prog.functions[parent].start)
-        if start not in state_in:
-            state_in = {}
-        self._place_cache[parent] = state_in
-        return state_in
-
-    def _equivalent(self, g: int, c: tuple[int, ...], want: CfaRule, got: CfaRule) -> bool:
-        """Two spellings of one CFA: ``want`` is ``reg + off`` and framevet knows ``reg``
-        holds ``CFA - off`` (``mov %rsp, %rbx``); or framevet moved the CFA to rbp at
-        ``mov %rsp, %rbp`` and the CFI moves it one instruction later (rsp == rbp)."""
-        if want.kind != CFA_REG:
-            return False
-        hw = _DWARF_TO_HW.get(want.reg)
-        if hw is None:
-            return False
-        if c[_VALS0 + 2 * hw] == CFA and c[_VALS0 + 2 * hw + 1] + want.off == 0:
-            return True
-        prog = self.prog
-        p = g - 1
-        return (hw == d.SP and got.kind == CFA_REG and _DWARF_TO_HW.get(got.reg) == d.BP
-                and got.off == want.off and p >= 0 and prog.sec_of[p] == prog.sec_of[g]
-                and prog.ops[p] == ((d.D_REG, d.BP, 0, d.S_REG, d.SP, 0),))
 
     def _report(self, fde: FdeTable, g: int, want: CfaRule, got: CfaRule, diffs: list[str],
                 count: int, touched: list[str], streak: dict[str, int]) -> CfiFinding:
@@ -518,7 +375,7 @@ class _Checker:
                  and prog.kind[p] not in (d.RETURN, d.JUMP_UNCOND, d.JUMP_DYNAMIC)
                  and not prog.dead_end[p])
         if not falls:
-            src = self._jump_sources().get(g, [])
+            src = self.regs_at.jump_sources().get(g, [])
             return f"reached from `{self._disasm(src[0])}` at {self._name(src[0])}" \
                 if src else ""
         cp = table.result.cfi[p]
@@ -527,7 +384,7 @@ class _Checker:
         _, got_p = self._diff(p, cp, fde_rule, table.rule_at_gid(p)) \
             if fde_rule is not None else ([], table.rule_at_gid(p))
         effects = _effects(got_p, got, diffs)
-        effects += self._overwrites(p, g, diffs)
+        effects += self.regs_at.overwrites(p, g, diffs)
         insn = f"`{self._disasm(p)}` at {self._name(p)}"
         cfi_changed = fde_rule is None or _components(fde_rule, diffs) != \
             _components(want, diffs)
@@ -542,42 +399,12 @@ class _Checker:
             return f"the CFI changes here, but {insn} does not {what}"
         return ""
 
-    def _overwrites(self, p: int, g: int, diffs: list[str]) -> list[str]:
-        """Registers in ``diffs`` that held the caller's value before ``p`` and not after."""
-        from framevet.stack import regflow
-        places = self._places(self.prog.func[g])
-        before, after = places.get(p), places.get(g)
-        if before is None or after is None:
-            return []
-        out = []
-        for r in CHECKED_REGS:
-            if r == RA or reg_name(r) not in diffs:
-                continue
-            hw = _DWARF_TO_HW[r]
-            i = regflow.TRACKED.index(hw)
-            if hw in before[i] and hw not in after[i]:
-                out.append(f"overwrites {reg_name(r)}")
-        return out
-
     def _fde_rule_at(self, g: int) -> CfaRule | None:
         fde = self._current_fde
         if fde is None or not fde.covers(self.prog.off[g]):
             return None
         return fde.rule_at(self.prog.off[g])
 
-    def _jump_sources(self) -> dict[int, list[int]]:
-        if self._sources is None:
-            prog = self.prog
-            m: dict[int, list[int]] = {}
-            for g, jd in enumerate(prog.jump_dest):
-                if jd >= 0:
-                    m.setdefault(jd, []).append(g)
-            for g, alts in prog.alts.items():
-                for ag, _ in alts:
-                    if ag >= 0:
-                        m.setdefault(ag, []).append(g)
-            self._sources = m
-        return self._sources
 
 
 def _with_regs(base: CfaRule, src: CfaRule, names: list[str]) -> CfaRule:
@@ -616,7 +443,7 @@ def _effects(before: CfaRule, after: CfaRule, diffs: list[str]) -> list[str]:
             out.append(f"overwrites {name} (its caller's value is nowhere else)")
         elif t.startswith("cfa"):
             out.append(f"saves {name} at {t}")
-        elif t in _REG_BY_NAME:
+        elif t in REG_BY_NAME:
             out.append(f"copies {name} to {t}")
         else:
             out.append(f"changes where {name} is ({t})")
@@ -652,8 +479,6 @@ def _pick(fdes: list[FdeTable]) -> list[FdeTable]:
 def _range(prog: object, sec: int, start: int, end: int) -> list[int]:
     """gids of the instructions of section ``sec`` that start in [start, end)."""
     from bisect import bisect_left
-
-    from framevet.cfg.program import Program
 
     assert isinstance(prog, Program)
     ds = prog.secmap.get(sec)

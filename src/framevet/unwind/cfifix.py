@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from framevet.decode import insn as d
-from framevet.unwind.cfatable import CFA_DEREF, CFA_REG, CfaRule, reg_name
+from framevet.unwind.cfarule import CFA_DEREF, CFA_REG, CfaRule, reg_name
 
 if TYPE_CHECKING:
     from framevet.unwind.cficheck import CfiFinding
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 #: registers whose rules are compared (DWARF numbers): rbx, rbp, r12-r15, return address
 CHECKED_REGS = (3, 6, 12, 13, 14, 15, 16)
 RA = 16
-_REG_BY_NAME = {name: hw for name, hw in
+REG_BY_NAME = {name: hw for name, hw in
                 (("rax", d.AX), ("rdx", d.DX), ("rcx", d.CX), ("rbx", d.BX), ("rsi", d.SI),
                  ("rdi", d.DI), ("rbp", d.BP), ("rsp", d.SP),
                  *((f"r{i}", i) for i in range(8, 16)))}
@@ -85,7 +85,7 @@ def _reg_directive(r: int, rule: CfaRule) -> str:
         return f".cfi_restore {_gas_reg(r)}"
     if t == "undefined":
         return f".cfi_undefined {_gas_reg(r)}"
-    if t in _REG_BY_NAME:
+    if t in REG_BY_NAME:
         return f".cfi_register {_gas_reg(r)}, %{t}"
     if t.startswith("at("):
         inner = t[3:-1]

@@ -25,14 +25,7 @@ from elftools.dwarf.callframe import FDE, CallFrameInfo
 from elftools.dwarf.structs import DWARFStructs
 
 from framevet.load.elf import ElfObject
-from framevet.unwind.cfatable import (
-    CFA_DEREF,
-    CFA_EXPR,
-    CFA_REG,
-    CFA_UNDEFINED,
-    CfaRule,
-    reg_name,
-)
+from framevet.unwind.cfarule import CFA_DEREF, CFA_EXPR, CFA_REG, CFA_UNDEFINED, CfaRule, reg_name
 
 FRAME_SECTIONS = (".eh_frame", ".debug_frame")
 

@@ -1,0 +1,446 @@
+"""Building the control-flow graph: decode every executable section, find the
+functions, resolve branch and call destinations, and read objtool's annotations,
+alternatives and jump tables in objtool's order (see :mod:`framevet.cfg.program`
+for what is inferred from a linked module)."""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+
+from framevet.cfg import objtool_annotations as ann
+from framevet.cfg.alternatives import add_special_alts
+from framevet.cfg.jumptable import add_jump_tables
+from framevet.cfg.program import (
+    BUGFLAG_WARNING,
+    P_CALLS,
+    P_DECODE,
+    P_JUMP_TABLES,
+    P_JUMPS,
+    P_SPECIAL,
+    Function,
+    Program,
+)
+from framevet.decode import insn as d
+from framevet.decode.insn import DecodedSection, decode_section
+from framevet.load.elf import R_X86_64_PC32, STT_FILE, STT_FUNC, STT_SECTION, ElfObject, Symbol
+
+
+def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
+          ibt: bool = False) -> Program:
+    """Decode every executable section of ``elf`` and resolve its control flow, reading
+    objtool's annotations in objtool's order."""
+    syms_by_sec = elf.symbols_by_section()
+    decoded: list[DecodedSection] = []
+    for sec in elf.sections:
+        if not sec.executable or sec.name.startswith(".discard.") or not sec.data:
+            continue
+        funcs = [s for s in syms_by_sec.get(sec.index, ()) if s.type == STT_FUNC]
+        decoded.append(decode_section(sec.index, sec.name, sec.data, _iret_probe(funcs)))
+
+    base: dict[int, int] = {}
+    sec_of: list[int] = []
+    off: list[int] = []
+    length: list[int] = []
+    kind: list[int] = []
+    ops: list[tuple[d.StackOp, ...] | None] = []
+    target: list[int] = []
+    for ds in decoded:
+        base[ds.index] = len(off)
+        sec_of.extend([ds.index] * len(ds))
+        off.extend(ds.off)
+        length.extend(ds.length)
+        kind.extend(ds.kind)
+        ops.extend(ds.ops)
+        target.extend(ds.target)
+    n = len(off)
+    prog = Program(elf, decoded, base, sec_of, off, length, kind, ops, [-1] * n, [-1] * n,
+                   [None] * n, bytearray(n), {}, bytearray(n), {}, [], [], set(), set(), set(),
+                   [], profile=profile)
+    prog.secmap = {ds.index: ds for ds in decoded}
+    prog.sec_last = bytearray(n)
+    prog.strict = profile == "kernel" and elf.section(".gnu.linkonce.this_module") is None
+    prog.uaccess, prog.ibt = uaccess, ibt
+    for ds in decoded:
+        b = base[ds.index]
+        if len(ds):
+            prog.sec_last[b + len(ds) - 1] = 1
+        prog.cs_writes.update({b + i: m for i, m in ds.cs_writes.items()})
+        prog.stack_stores.extend(b + i for i in ds.stack_stores)
+    missing_start = _functions(prog, syms_by_sec)
+    prog.phase = P_DECODE
+    for ds in decoded:      # objtool decodes a section, then finds its functions' starts
+        for _, rule, msg, fatal in ds.problems:
+            prog.problem(rule, msg, fatal=fatal)
+        for name in missing_start.get(ds.index, ()):
+            prog.problem("missing-function-start", f"{name}(): can't find starting instruction",
+                         fatal=True)
+    ann.read_ignores(prog)
+    ann.read_ignore_alts(prog)
+    ann.read_noendbr(prog)
+    prog.phase = P_SPECIAL
+    add_special_alts(prog, target)
+    prog.phase = P_JUMPS
+    _jump_destinations(prog, target)
+    ann.read_intra_function_calls(prog, target)
+    prog.phase = P_CALLS
+    _call_destinations(prog, target)
+    _dead_ends(prog)
+    ann.read_dead_ends(prog)
+    if profile == "user":
+        _user_fixups(prog)
+    prog.phase = P_JUMP_TABLES
+    add_jump_tables(prog)
+    for g, msg in prog.notes:       # jumptable.py reports in the legacy form
+        prog.problem("switch-jump-table-missing" if "jump table" in msg else "decode-problem",
+                     msg, g, fatal=True)
+    ann.read_unwind_hints(prog)
+    ann.read_retpoline_hints(prog)
+    ann.read_instr_hints(prog)
+    return prog
+
+
+#: profile user: an instruction that sets rsp to a value the model cannot follow
+USER_SP_WRITE: tuple[d.StackOp, ...] = ((d.D_REG, d.SP, 0, d.S_CONST, 0, 0),)
+
+
+def _user_sizes(prog: Program, funcs: list[Function],
+                syms_by_sec: dict[int, list[Symbol]]) -> None:
+    """Profile user: an STT_FUNC without a size (assembly without ``.size``) runs up
+    to the next symbol of its section, or the section's end."""
+    for f in funcs:
+        if f.end > f.start:
+            continue
+        nxt = [s.offset for s in syms_by_sec.get(f.sec, ()) if s.offset > f.start]
+        f.end = min(nxt) if nxt else prog.elf.sections[f.sec].size
+
+
+def _user_fixups(prog: Program) -> None:
+    """Profile user: ``syscall`` returns to the next instruction; a call followed by
+    nothing but padding up to its function's end (or the next function) cannot
+    return, so it is a dead end even when framevet does not know the callee."""
+    kind, func = prog.kind, prog.func
+    data = {ds.index: prog.elf.sections[ds.index].data for ds in prog.sections}
+    for g, k in enumerate(kind):
+        if k == d.CONTEXT_SWITCH and prog.length[g] == 2 and \
+                data[prog.sec_of[g]][prog.off[g]:prog.off[g] + 2] == b"\x0f\x05":
+            kind[g] = d.OTHER
+    # any other write to rsp (mov 0xa0(%rdx),%rsp in setcontext, add $8,%esp, ...)
+    for ds in prog.sections:
+        for i in ds.sp_writes:
+            g = prog.base[ds.index] + i
+            if prog.ops[g] is None and kind[g] == d.OTHER:
+                prog.ops[g] = USER_SP_WRITE
+    for g, k in enumerate(kind):
+        if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
+            continue
+        n = prog.next_same_sec(g)
+        while n >= 0 and func[n] == func[g] and kind[n] in (d.NOP, d.TRAP):
+            n = prog.next_same_sec(n)
+        if n < 0 or func[n] != func[g]:
+            prog.dead_end[g] = 1
+
+
+def _iret_probe(funcs: list[Symbol]) -> object:
+    spans = [(s.offset, s.offset + s.size) for s in funcs]
+
+    def inside(o: int) -> bool:
+        return any(a <= o < b for a, b in spans)
+
+    return inside
+
+
+def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> dict[int, list[str]]:
+    """Function symbols, aliases and ``.cold`` links; returns, per section, the functions
+    that do not start at an instruction."""
+    elf = prog.elf
+    file_group: dict[int, int] = {}
+    group = 0
+    for s in elf.symbols:
+        if s.type == STT_FILE:
+            group += 1
+        file_group[s.index] = group
+    funcs: list[Function] = []
+    for sec_index in prog.base:
+        for s in syms_by_sec.get(sec_index, ()):
+            if s.type != STT_FUNC:
+                continue
+            funcs.append(Function(s, sec_index, s.offset, s.offset + s.size, s.name,
+                                  file_group=file_group.get(s.index, 0)))
+    # Aliases: of the STT_FUNC symbols at one address, objtool keeps the last in
+    # symbol-table order that has a size.
+    by_addr: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(funcs):
+        by_addr.setdefault((f.sec, f.start), []).append(i)
+    for idxs in by_addr.values():
+        if len(idxs) > 1:
+            idxs.sort(key=lambda i: funcs[i].sym.index)
+            sized = [i for i in idxs if funcs[i].sym.size] or idxs
+            keep = sized[-1]
+            for i in idxs:
+                funcs[i].canonical = i == keep
+    for i, f in enumerate(funcs):
+        f.parent = i
+        f.child = i
+    by_name: dict[str, list[int]] = {}
+    for i, f in enumerate(funcs):
+        by_name.setdefault(f.name, []).append(i)
+    for i, f in enumerate(funcs):
+        cut = f.name.find(".cold")
+        if cut <= 0:
+            continue
+        cands = by_name.get(f.name[:cut], [])
+        if not cands:
+            if prog.profile == "kernel" and not any(s.name == f.name[:cut] for s in elf.symbols):
+                prog.problem("cold-without-parent", f"{f.name}(): can't find parent function",
+                             fatal=True)
+            continue
+        same_file = [c for c in cands if funcs[c].file_group == f.file_group]
+        p = (same_file or cands)[0]
+        f.parent = p
+        funcs[p].child = i
+        pf = funcs[p]
+        if pf.sec == f.sec and f.start >= pf.start and f.end == pf.end:
+            pf.end -= f.end - f.start
+    if prog.profile == "user":
+        _user_sizes(prog, funcs, syms_by_sec)
+    prog.functions = funcs
+    func = prog.func
+    missing: dict[int, list[str]] = {}
+    for i, f in enumerate(funcs):
+        if not f.canonical:
+            continue
+        g = prog.gid(f.sec, f.start)
+        if g < 0:
+            if f.start < prog.elf.sections[f.sec].size:
+                missing.setdefault(f.sec, []).append(f.name)
+            continue
+        ds = prog.secmap[f.sec]
+        base = prog.base[f.sec]
+        end = base + bisect_left(ds.off, f.end)
+        if end > g:
+            func[g:end] = [i] * (end - g)
+    return missing
+
+
+def _reloc_target(prog: Program, sec_index: int, off: int) -> tuple[int, int] | None:
+    """(section, offset) that the relocation at ``off`` of section ``sec_index`` points to."""
+    r = prog.elf.reloc_at(sec_index, off)
+    if r is None:
+        return None
+    sym = prog.elf.symbols[r.sym]
+    if not sym.defined:
+        return None
+    return sym.shndx, sym.offset + r.addend
+
+
+def _jump_destinations(prog: Program, target: list[int]) -> None:
+    elf = prog.elf
+    syms = elf.symbols
+    kind = prog.kind
+    for g, k in enumerate(kind):
+        if k != d.JUMP_COND and k != d.JUMP_UNCOND or prog.jump_dest[g] >= 0:
+            continue        # (a replacement's jump to its end already points past the original)
+        sec = prog.sec_of[g]
+        r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
+        if r is None:
+            dest_sec, dest_off = _direct_target(prog, sec, target[g])
+        else:
+            sym = syms[r.sym]
+            if sym.type == STT_SECTION:
+                dest_sec, dest_off = sym.shndx, r.addend + 4
+            elif sym.name.startswith("__x86_indirect_"):
+                kind[g] = d.JUMP_DYNAMIC if k == d.JUMP_UNCOND else d.JUMP_DYNAMIC_COND
+                prog.ops[g] = None
+                prog.retpoline.add(g)
+                continue
+            elif sym.name == "__x86_return_thunk":
+                kind[g] = d.RETURN
+                prog.return_thunks.add(g)
+                continue
+            elif prog.func[g] >= 0:
+                prog.call_dest[g] = sym
+                continue
+            elif sym.defined:
+                dest_sec, dest_off = sym.shndx, sym.offset + r.addend + 4
+            else:
+                continue
+        dg = prog.gid(dest_sec, dest_off)
+        if dg < 0 and prog.profile == "user":
+            dg = _past_prefixes(prog, dest_sec, dest_off)
+        if dg < 0:
+            prog.problem("jump-dest-missing", f"can't find jump dest instruction at "
+                         f"{prog.section_name(dest_sec)}+0x{dest_off:x}", g, fatal=True)
+            continue
+        fi, fd = prog.func[g], prog.func[dg]
+        if fi >= 0 and fd >= 0 and fi != fd:
+            fn, fdn = prog.functions[fi], prog.functions[fd]
+            if ".cold" not in fn.name and ".cold" in fdn.name:
+                fn.child = fd
+                fdn.parent = fi
+            elif fn.parent != fdn.parent and prog.off[dg] == fdn.start:
+                prog.call_dest[g] = fdn.sym
+                continue
+        prog.jump_dest[g] = dg
+
+
+def _call_destinations(prog: Program, target: list[int]) -> None:
+    """objtool's add_call_destinations().  In a strict (unlinked kernel) object a call
+    to no sized symbol is an unannotated intra-function call and a call from a function
+    to a non-function symbol is refused, both fatal; framevet then goes on treating the
+    first as a call to the unsized symbol (or a jump that keeps its push, for a label)."""
+    elf = prog.elf
+    syms = elf.symbols
+    kind = prog.kind
+    strict, ignored = prog.strict, prog.ignored
+    func_at: dict[tuple[int, int], Symbol] = {}
+    any_at: dict[tuple[int, int], Symbol] = {}
+    named_at: dict[tuple[int, int], Symbol] = {}
+    for f in prog.functions:
+        if f.canonical:
+            func_at.setdefault((f.sec, f.start), f.sym)
+    for s in syms:
+        if s.defined and s.type not in (STT_SECTION, STT_FILE):
+            if s.size:
+                any_at.setdefault((s.shndx, s.offset), s)
+            elif strict:
+                named_at.setdefault((s.shndx, s.offset), s)
+    for g, k in enumerate(kind):
+        if k != d.CALL:
+            continue
+        sec = prog.sec_of[g]
+        r = elf.reloc_in(sec, prog.off[g], prog.off[g] + prog.length[g])
+        dest: Symbol | None
+        if r is None:
+            key = _direct_target(prog, sec, target[g])
+            dest = func_at.get(key) or any_at.get(key)
+            checked = strict and g not in ignored
+            if dest is None:
+                if checked:
+                    prog.problem("unannotated-intra-function-call",
+                                 "unannotated intra-function call", g, fatal=True)
+                    dest = named_at.get(key)
+                if dest is None and key[0] != sec and not prog.elf.relocatable:
+                    # a linked image's call into the PLT (or another section with no
+                    # symbol there): an ordinary call to code framevet cannot name
+                    prog.ops[g] = None
+                    continue
+                if dest is None:
+                    _intra_function_call(prog, g, *key)
+                    continue
+            elif checked and prog.func[g] >= 0 and dest.type != STT_FUNC:
+                prog.problem("unsupported-call-to-non-function",
+                             "unsupported call to non-function", g, fatal=True)
+        else:
+            sym = syms[r.sym]
+            if sym.type == STT_SECTION:
+                key = (sym.shndx, r.addend + 4)
+                dest = func_at.get(key) or any_at.get(key)
+                if dest is None:
+                    if not strict and sym.shndx == sec and prog.gid(sec, r.addend + 4) >= 0:
+                        _intra_function_call(prog, g, sec, r.addend + 4)
+                        continue
+                    prog.problem("call-dest-missing", f"can't find call dest symbol at "
+                                 f"{prog.section_name(sym.shndx)}+0x{r.addend + 4:x}", g,
+                                 fatal=True)
+                    continue
+            elif sym.name.startswith("__x86_indirect_"):
+                kind[g] = d.CALL_DYNAMIC
+                prog.ops[g] = None
+                prog.retpoline.add(g)
+                continue
+            else:
+                dest = sym
+        prog.call_dest[g] = dest
+        prog.ops[g] = None
+
+
+_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
+
+
+def _past_prefixes(prog: Program, sec: int, off: int) -> int:
+    """glibc's single-thread fast path jumps over a ``lock`` prefix into the middle
+    of the instruction: the target is that instruction, minus its prefixes."""
+    g = prog.containing(sec, off)
+    if g < 0 or prog.off[g] == off:
+        return -1
+    start = prog.off[g]
+    data = prog.elf.sections[sec].data
+    return g if all(b in _PREFIXES for b in data[start:off]) else -1
+
+
+def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:
+    """A direct branch's destination.  Sections are decoded from offset 0, so in a
+    linked image a target outside the section (the PLT, another text section) is
+    found by address."""
+    section = prog.elf.sections[sec]
+    if 0 <= off < section.size or prog.elf.relocatable:
+        return sec, off
+    addr = section.addr + off
+    for ds in prog.sections:
+        other = prog.elf.sections[ds.index]
+        if other.addr <= addr < other.addr + other.size:
+            return ds.index, addr - other.addr
+    return sec, off
+
+
+def _intra_function_call(prog: Program, g: int, sec: int, dest_off: int) -> None:
+    """A call to a local label: a jump that keeps its push (objtool needs an annotation)."""
+    dg = prog.gid(sec, dest_off)
+    if dg < 0:
+        if not prog.strict:     # (strict: already reported)
+            prog.problem("unannotated-intra-function-call", "unannotated intra-function call", g,
+                         fatal=True)
+        return
+    prog.kind[g] = d.JUMP_UNCOND
+    prog.jump_dest[g] = dg
+    prog.intra_calls.add(g)
+
+
+def _dead_ends(prog: Program) -> None:
+    kind = prog.kind
+    for g, k in enumerate(kind):
+        if k == d.BUG:
+            prog.dead_end[g] = 1
+    if prog.profile == "user":
+        # hlt faults in user space (_start ends with it after __libc_start_main)
+        for ds in prog.sections:
+            data = prog.elf.sections[ds.index].data
+            base = prog.base[ds.index]
+            for i, (o, n) in enumerate(zip(ds.off, ds.length, strict=True)):
+                if n == 1 and data[o] == 0xF4:
+                    prog.dead_end[base + i] = 1
+    bug = prog.elf.section("__bug_table")
+    if bug is None or not bug.data:
+        return
+    for entry in _bug_entries(prog, bug.index, bug.data):
+        addr, flags = entry
+        if flags & BUGFLAG_WARNING:
+            g = prog.gid(*addr)
+            if g >= 0:
+                prog.dead_end[g] = 0
+
+
+def _bug_entries(prog: Program, sec_index: int, data: bytes) -> list[tuple[tuple[int, int], int]]:
+    """``__bug_table`` entries: 12 bytes with CONFIG_DEBUG_BUGVERBOSE, else 8."""
+    rels = prog.elf.relocs.get(sec_index, [])
+    addr_rels = [r for r in rels if r.type == R_X86_64_PC32]
+    if not addr_rels:
+        return []
+    size = 12
+    if len(addr_rels) >= 2:
+        offs = sorted({r.offset for r in addr_rels})
+        gaps = {b - a for a, b in zip(offs, offs[1:], strict=False)}
+        if 8 in gaps and 12 not in gaps and 4 not in gaps:
+            size = 8
+    out = []
+    for r in addr_rels:
+        if r.offset % size:
+            continue
+        t = _reloc_target(prog, sec_index, r.offset)
+        if t is None:
+            continue
+        flags_off = r.offset + (10 if size == 12 else 6)
+        flags = struct.unpack_from("<H", data, flags_off)[0] if flags_off + 2 <= len(data) else 0
+        out.append((t, flags))
+    return out

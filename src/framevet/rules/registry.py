@@ -1,0 +1,70 @@
+"""The rule registry: every finding framevet can report, keyed by rule id.
+
+Each rule carries its documentation (what it catches, why it matters, how to
+fix it).  Rules that objtool 6.1 also has keep objtool's exact message text.
+Checks that happen during the CFA walk (most objtool rules) are raised by
+:mod:`framevet.stack.walker`; checks over the finished walk live in one module each and
+expose ``check(ctx)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from framevet.findings import Finding
+    from framevet.pipeline import Context
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    summary: str
+    what: str
+    why: str
+    fix: str
+    #: objtool 6.1's message (format string) when objtool has the same check
+    objtool: str | None = None
+    #: objtool switches that enable it ("" = always with --orc/--stackval)
+    switches: str = ""
+    severity: str = "warning"
+    profiles: tuple[str, ...] = ("kernel", "user")
+    family: str = "stack"
+    check: Callable[[Context], Iterable[Finding]] | None = None
+    #: the module that registers (and documents) the rule; set by :func:`register`
+    module: str = ""
+
+    def doc(self) -> str:
+        lines = [f"{self.id}: {self.summary}", "", f"What: {self.what}", f"Why:  {self.why}",
+                 f"Fix:  {self.fix}"]
+        if self.objtool:
+            lines.append(f"objtool 6.1: \"{self.objtool}\"" +
+                         (f" (with {self.switches})" if self.switches else ""))
+        lines.append(f"Profiles: {', '.join(self.profiles)}; severity: {self.severity}")
+        if self.module:
+            lines.append(f"Module: {self.module} (fixtures and tests: docs/architecture.md)")
+        return "\n".join(lines)
+
+
+REGISTRY: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    """Add ``rule``, noting the module that registers it (where its doc lives)."""
+    if rule.id in REGISTRY:
+        raise ValueError(f"duplicate rule id {rule.id}")
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    rule = replace(rule, module=caller)
+    REGISTRY[rule.id] = rule
+    return rule
+
+
+def all_rules() -> dict[str, Rule]:
+    return REGISTRY
+
+
+def get(rule_id: str) -> Rule | None:
+    return REGISTRY.get(rule_id)

@@ -1,0 +1,216 @@
+"""The CFA walk for profile ``user``, and what static control flow cannot reach by
+itself: functions known only from FDEs, exception landing pads, computed jumps and
+alignment padding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from framevet.cfg.program import Program
+from framevet.decode import insn as d
+from framevet.decode.state import (
+    CFA_OFF,
+    REGS,
+    STACK,
+    STATE_LEN,
+    blank_state,
+    func_entry_state,
+)
+from framevet.load.elf import STB_LOCAL, STT_FUNC, ElfObject, Symbol
+from framevet.stack.walker import Walker, WalkOptions, WalkResult, load_cfi
+from framevet.unwind.dwarf import call_sites, read_cfi
+
+#: functions entered with extra words on the stack above the return address: glibc's
+#: lazy-binding trampolines, jumped to by PLT0 after ``push index; push link_map``
+USER_ENTRY_EXTRA_WORDS = {
+    "_dl_runtime_resolve_fxsave": 2, "_dl_runtime_resolve_xsave": 2,
+    "_dl_runtime_resolve_xsavec": 2, "_dl_runtime_profile_sse": 2,
+    "_dl_runtime_profile_avx": 2, "_dl_runtime_profile_avx512": 2,
+}
+
+
+def user_walk(prog: Program, opts: WalkOptions | None = None,
+              setup: Callable[[Walker], None] | None = None,
+              ) -> tuple[WalkResult, set[int]]:
+    """The CFA walk for profile ``user``, then what static control flow misses:
+
+    1. every function from its start (entry hints for :data:`USER_ENTRY_EXTRA_WORDS`),
+       never giving up on a function at its first warning;
+    2. exception landing pads (the LSDA call-site tables of ``.gcc_except_table``),
+       entered with the state of the call that throws -- how ``foo.cold`` cleanup
+       code is reached;
+    3. code reached only through an indirect jump that is not a switch table
+       (``memmove-ssse3``'s computed jumps into 64-byte blocks): still unvisited
+       instructions of a function whose unresolved indirect jumps all have one
+       state get that state.  These gids are returned as *inferred*;
+    4. alignment padding (:func:`fill_padding`).
+    """
+    _calls_into_other_functions(prog)
+    opts = opts or WalkOptions(all_warnings=True)
+    w = Walker(prog, opts, _entry_hints(prog))
+    if setup is not None:
+        setup(w)  # declarations: hints, ignored functions, entry stubs
+    result = w.run()
+    _walk_landing_pads(w)
+    inferred = _walk_computed_targets(w)
+    fill_padding(prog, result)
+    return result, inferred
+
+
+#: functions not entered by a call: the kernel "returns" into a signal trampoline with
+#: rsp on the signal frame.  Their CFA is not rsp-based (their CFI says where the
+#: signal frame is); framevet leaves it undefined.
+USER_ENTRY_UNKNOWN = frozenset({"__restore_rt"})
+
+
+def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
+    """A linked image whose symbol table leaves code out (stripped: only .dynsym):
+    a copy with one local STT_FUNC per FDE that starts where no function does, so
+    that local functions are walked from their entry, and calls to them are calls."""
+
+    starts = {(s.shndx, s.offset) for s in elf.symbols if s.type == STT_FUNC and s.defined}
+    extra: list[Symbol] = []
+    n = len(elf.symbols)
+    called: set[int] | None = None
+    for fde in read_cfi(elf).fdes:
+        if fde.section < 0 or (fde.section, fde.start) in starts or fde.end <= fde.start:
+            continue
+        sec = elf.sections[fde.section]
+        if skip_plt and sec.name.startswith(".plt"):
+            continue  # lazy-binding stubs: entered through the GOT, not called
+        starts.add((fde.section, fde.start))
+        if called is None:
+            called = _call_targets(elf)
+        # never called: GCC's cold partition of the function that jumps there (a
+        # ``.cold`` name makes cfg link it to that function, as for ``foo.cold``)
+        cold = "" if sec.addr + fde.start in called else ".cold"
+        extra.append(Symbol(n + len(extra), f"{sec.name}+0x{fde.start:x}{cold}",
+                            sec.addr + fde.start, fde.end - fde.start, STT_FUNC, STB_LOCAL,
+                            0, fde.section, fde.start))
+    if not extra:
+        return elf
+    return replace(elf, symbols=elf.symbols + extra, _by_name={})
+
+
+def _call_targets(elf: ElfObject) -> set[int]:
+    """Addresses some ``call rel32`` (E8) in an executable section points to (a byte
+    scan: a stray E8 inside another instruction can only add a target)."""
+    out: set[int] = set()
+    for sec in elf.sections:
+        if not sec.executable or not sec.data:
+            continue
+        data, base = sec.data, sec.addr
+        i = data.find(b"\xe8")
+        while 0 <= i <= len(data) - 5:
+            out.add(base + i + 5 + int.from_bytes(data[i + 1:i + 5], "little", signed=True))
+            i = data.find(b"\xe8", i + 1)
+    return out
+
+
+def _calls_into_other_functions(prog: Program) -> None:
+    """objtool takes a ``call`` to a label that starts no function for an
+    intra-function call (a jump that keeps its push: kernel RSB stuffing).  In user
+    code a call to a label inside *another* function is a call to a second entry
+    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns.  The entry is
+    kept in ``prog._user_call_entry`` (what the callee may clobber)."""
+    entries: dict[int, int] = {}
+    prog._user_call_entry = entries  # type: ignore[attr-defined]
+    for g in sorted(prog.intra_calls):
+        dg = prog.jump_dest[g]
+        fg, fd = prog.func[g], prog.func[dg] if dg >= 0 else -1
+        if fg < 0 or fd < 0 or prog.functions[fg].parent != prog.functions[fd].parent:
+            if dg >= 0:
+                entries[g] = dg
+            prog.kind[g] = d.CALL
+            prog.jump_dest[g] = -1
+            prog.ops[g] = None
+            prog.intra_calls.discard(g)
+
+
+def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:
+    out: dict[int, tuple[int, ...]] = {}
+    for f in prog.functions:
+        words = USER_ENTRY_EXTRA_WORDS.get(f.name)
+        g = prog.gid(f.sec, f.start)
+        if g >= 0 and f.name in USER_ENTRY_UNKNOWN:
+            st = blank_state()
+            out[g] = tuple(st[0:9]) + tuple(st[REGS:STATE_LEN])
+        if words and g >= 0:
+            st = func_entry_state()
+            st[CFA_OFF] += 8 * words
+            st[STACK] += 8 * words
+            out[g] = tuple(st[0:9]) + tuple(st[REGS:STATE_LEN])
+    return out
+
+
+def _resume(w: Walker, g: int, cfi: tuple[int, ...]) -> None:
+    """Walk from ``g`` with the (interned) state ``cfi``."""
+
+    st = blank_state()
+    load_cfi(st, cfi)
+    w._walk_from(w.prog.func[g], g, st)
+
+
+def _walk_landing_pads(w: Walker) -> None:
+
+    prog = w.prog
+    if prog.elf.section(".gcc_except_table") is None:
+        return
+    pads: list[tuple[int, int, int, int]] = []      # section, start, end, landing pad
+    for fde in read_cfi(prog.elf).fdes:
+        if fde.section in prog.secmap:
+            pads += [(fde.section, a, b, lp) for a, b, lp in call_sites(prog.elf, fde)]
+    progress = True
+    while progress:
+        progress = False
+        for sec, a, b, lp in pads:
+            lg = prog.gid(sec, lp)
+            if lg < 0 or w.visited[lg]:
+                continue
+            ds = prog.secmap[sec]
+            for i in range(len(ds)):
+                g = prog.base[sec] + i
+                if a <= ds.off[i] < b and prog.kind[g] in (d.CALL, d.CALL_DYNAMIC) \
+                        and w.cfi[g] is not None:
+                    _resume(w, lg, w.cfi[g])   # type: ignore[arg-type]
+                    progress = True
+                    break
+
+
+def _walk_computed_targets(w: Walker) -> set[int]:
+    prog = w.prog
+    before = bytearray(w.visited)
+    by_func: dict[int, set[tuple[int, ...]]] = {}
+    for g, k in enumerate(prog.kind):
+        if k == d.JUMP_DYNAMIC and prog.func[g] >= 0 and g not in prog.jump_table_insn:
+            c = w.cfi[g]
+            if c is not None:
+                by_func.setdefault(prog.functions[prog.func[g]].parent, set()).add(c)
+    if not by_func:
+        return set()
+    for fi, states in by_func.items():
+        if len(states) != 1:
+            continue
+        state = next(iter(states))
+        for g in prog.func_insns(fi):
+            if not w.visited[g] and prog.kind[g] not in _PADDING:
+                _resume(w, g, state)
+    return {g for g in range(len(before)) if w.visited[g] and not before[g]}
+
+
+_PADDING = (d.NOP, d.TRAP)
+
+
+def fill_padding(prog: Program, result: WalkResult) -> None:
+    """Unreachable alignment padding (nops, int3) inside a function gets the state of
+    the instruction before it, as the assembler's CFI does: a ``.cfi_*`` directive
+    takes effect at the next label, after the padding.  Never executed, so any rule
+    unwinds equally well; this one keeps ``framevet cfa`` and ``readelf -wF`` aligned."""
+    cfi, kind, func = result.cfi, prog.kind, prog.func
+    for ds in prog.sections:
+        base = prog.base[ds.index]
+        for g in range(base + 1, base + len(ds)):
+            if cfi[g] is None and kind[g] in _PADDING and func[g] >= 0 \
+                    and func[g - 1] == func[g]:
+                cfi[g] = cfi[g - 1]
