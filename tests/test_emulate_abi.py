@@ -13,7 +13,8 @@ from framevet.load import LoadedObject, load_path
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 ARGS = "ptr:64:rand,int:0..63"
-SMALL = Budget(insns=20_000, seconds=5.0)
+# the instruction budget must be what stops a runaway, however loaded the machine is
+SMALL = Budget(insns=20_000, seconds=120.0)
 
 
 @pytest.fixture(scope="module")
