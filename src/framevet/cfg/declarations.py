@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framevet.cfg.program import Program
+from framevet.cfg.protocols import WriteOrderDecls, read_write_order
 from framevet.decode import insn as d
 from framevet.decode.state import (
     CFA_OFF,
@@ -66,6 +67,8 @@ class Hints:
     retpoline_safe: set[int] = field(default_factory=set)
     functions: dict[str, FunctionDecl] = field(default_factory=dict)
     source: str | None = None
+    #: write-order protocols and copy helpers (docs/write-order.md)
+    write_order: WriteOrderDecls = field(default_factory=WriteOrderDecls)
 
 
 def _key(state: list[int]) -> tuple[int, ...]:
@@ -104,12 +107,14 @@ def _rel32(prog: Program, g: int) -> int:
 def _sidecar(path: str, prog: Program, h: Hints) -> None:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            text = fh.read().decode("utf-8", "replace")
+        data = tomllib.loads(text)
     except OSError as exc:
         raise InputError(path, exc.strerror or str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"invalid TOML: {exc}") from None
     h.source = path
+    h.write_order = read_write_order(path, text, data)
     fv = data.pop("framevet", {})
     for name, spec in data.items():
         if not isinstance(spec, dict):
