@@ -22,6 +22,7 @@ from framevet.rules import (  # noqa: F401  (registration side effects)
     sls,
     unreachable,
     unret,
+    write_order,
 )
 from framevet.rules.registry import REGISTRY, Rule, all_rules, get, register
 
