@@ -40,6 +40,7 @@ from framevet.emulate import (
     run_raw,
 )
 from framevet.emulate.avx import dirty_exits
+from framevet.emulate.writeorder import read_declarations, run_write_order
 from framevet.errors import InputError
 from framevet.findings import Finding as ReportFinding
 from framevet.findings import Location
@@ -116,10 +117,13 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
         function = getattr(args, "function", None)
         if not function:
             raise InputError(file, "--function NAME is required")
+        decls, declared = read_declarations(getattr(args, "hints", None), file)
         objs = load_path(file, _cflags(args))
         profile = _profile(args, "kernel" if file.endswith(".ko") else "user")
         found = run_abi(objs, function, args.args, runs=runs, seed=seed, unwind=unwind,
                         profile=profile, clobbers=clobbers, stack_args=stack.get(function, 0))
+        found += run_write_order(objs, function, decls, declared, runs=runs, seed=seed,
+                                 profile=profile, args_spec=args.args)
         return [to_report(f) for f in found] + avx_findings(objs, function, profile)
     return [to_report(f) for f in found]
 
