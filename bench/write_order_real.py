@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""write-order on real, correct writers: Xen 4.17's update_runstate_area and Linux 6.1
+raid10's seqlock writers must raise no ``write-order`` finding; the same declarations
+with the guard bit or offset moved must (so the silence comes from the walk).
+
+    python3 bench/write_order_real.py [--xen xen-syms-4.17-amd64] [--cache DIR]
+
+Without ``--xen`` it runs ``apt-get download xen-hypervisor-4.17-amd64-dbg`` into
+``--cache`` and extracts ``xen-syms-4.17-amd64`` from it. raid10.ko comes from the
+shared corpus (``../shared/corpus/kmod``, or ``FRAMEVET_SHARED``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("FRAMEVET_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+
+XEN = """[framevet.copy_helpers]
+copy_to_guest_ll = { dst = "rdi", src = "rsi", len = "rdx" }
+copy_to_user_hvm = { dst = "rdi", src = "rsi", len = "rdx" }
+[update_guest_memory_policy]
+[update_runstate_area.protocol.runstate]
+kind = "flag"
+area = "[rdi+0xd0]"
+size = 48
+guard = { offset = 8, size = 8, bit = BIT }
+when = ["[[rdi+0x10]+0x228] & 0x20", "![[rdi+0x10]+0x5f0] & 0xff"]
+copy_helpers = ["copy_to_guest_ll", "copy_to_user_hvm"]
+[update_runstate_area.protocol.runstate_compat]
+kind = "flag"
+area = "[rdi+0xd0]"
+size = 44
+guard = { offset = 4, size = 8, bit = BIT }
+when = ["[[rdi+0x10]+0x228] & 0x20", "[[rdi+0x10]+0x5f0] & 0xff"]
+copy_helpers = ["copy_to_guest_ll", "copy_to_user_hvm"]
+"""
+
+RAID10 = """[_raw_spin_lock_irq]
+[_raw_spin_unlock_irq]
+[_raw_spin_lock_irqsave]
+[_raw_spin_unlock_irqrestore]
+[raise_barrier.protocol.resync]
+kind = "seqcount"
+area = "rdi"
+size = 0xf0
+guard = { offset = GUARD, size = 4 }
+data = [[0xe0, 0xf0]]
+[lower_barrier.protocol.resync]
+kind = "seqcount"
+area = "rdi"
+size = 0xf0
+guard = { offset = GUARD, size = 4 }
+data = [[0xe0, 0xf0]]
+"""
+
+
+def xen_syms(cache: str) -> str:
+    found = glob.glob(os.path.join(cache, "**", "xen-syms-4.17-amd64"), recursive=True)
+    if found:
+        return found[0]
+    os.makedirs(cache, exist_ok=True)
+    subprocess.run(["apt-get", "download", "xen-hypervisor-4.17-amd64-dbg"], cwd=cache,
+                   check=True)
+    deb = sorted(glob.glob(os.path.join(cache, "xen-hypervisor-4.17-amd64-dbg_*.deb")))[-1]
+    subprocess.run(["dpkg", "-x", deb, os.path.join(cache, "x")], check=True)
+    return glob.glob(os.path.join(cache, "x", "**", "xen-syms-4.17-amd64"), recursive=True)[0]
+
+
+def check(binary: str, toml_text: str, functions: set[str]) -> tuple[list[str], float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        toml = os.path.join(tmp, "framevet.toml")
+        with open(toml, "w") as fh:
+            fh.write(toml_text)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "framevet.cli", "check", "--format", "json",
+                            "--fail-on", "never", "--hints", toml, binary],
+                           capture_output=True, text=True, check=False)
+        dt = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"framevet failed on {binary}: {r.stderr.strip()}")
+    found = [f"{f['symbol']}+{f['offset']:#x}: {f['message']} [{f['rule']}]"
+             for f in json.loads(r.stdout) if f["rule"].startswith("write-order")
+             or f["symbol"] in functions]
+    return found, dt
+
+
+def report(what: str, good: list[str], bad: list[str], dt: float) -> bool:
+    clean = not any("[write-order]" in f for f in good)
+    caught = any("[write-order]" in f for f in bad)
+    print(f"{what}: correct declaration: {len(good)} finding(s) in the declared functions "
+          f"{'(clean)' if clean else ''}; guard moved: {len(bad)} write-order finding(s) "
+          f"({'caught' if caught else 'MISSED'}); {dt:.1f} s per run")
+    for f in good:
+        print("   ", f)
+    return clean and caught
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--xen", help="xen-syms-4.17-amd64 (default: download it)")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/framevet-bench"))
+    args = ap.parse_args()
+    ok = True
+    raid10 = os.path.join(SHARED, "corpus", "kmod", "raid10.ko")
+    funcs = {"raise_barrier", "lower_barrier"}
+    good, dt = check(raid10, RAID10.replace("GUARD", "0xd8"), funcs)
+    bad, _ = check(raid10, RAID10.replace("GUARD", "0xd4"), funcs)
+    ok &= report("raid10.ko raise_barrier/lower_barrier (seqlock)", good, bad, dt)
+    xen = args.xen or xen_syms(args.cache)
+    good, dt = check(xen, XEN.replace("BIT", "63"), {"update_runstate_area"})
+    bad, _ = check(xen, XEN.replace("BIT", "62"), {"update_runstate_area"})
+    ok &= report("xen-syms 4.17 update_runstate_area (native + compat)", good, bad, dt)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
