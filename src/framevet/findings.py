@@ -37,21 +37,16 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
-        src = f"{self.source[0]}:{self.source[1]}: " if self.source else ""
-        where = f"{self.location.text()}: " if self.location else ""
-        line = f"{src}{self.file}: {self.severity}: framevet: {where}{self.message} [{self.rule}]"
-        trace = self.details.get("trace")
-        if trace:
-            line += "".join(f"\n    {t}" for t in trace)
-        fix = self.details.get("fix")
-        if fix:
-            line += "\n    corrected CFI here:" + "".join(f"\n        {t}" for t in fix)
-        fix_end = self.details.get("fix_end")
-        if fix_end:
-            at = self.details.get("fix_end_at")
-            line += (f"\n    and before {at}:" if at else "\n    and after it:") + "".join(
-                f"\n        {t}" for t in fix_end)
-        return line
+        """The compiler convention editors and problem matchers parse:
+        ``PATH:LINE: SEVERITY: SYMBOL+0xOFF: MESSAGE [RULE]`` when the source line is
+        known, else ``PATH: SEVERITY: SYMBOL+0xOFF (0xADDRESS): MESSAGE [RULE]``."""
+        loc = self.location
+        if self.source is not None:
+            place = f" {loc.text()}:" if loc is not None else ""
+            return (f"{self.source[0]}:{self.source[1]}: {self.severity}:{place} "
+                    f"{self.message} [{self.rule}]")
+        place = f" {loc.text()} (0x{loc.address:x}):" if loc is not None else ""
+        return f"{self.file}: {self.severity}:{place} {self.message} [{self.rule}]"
 
     def objtool_text(self) -> str:
         where = f"{self.location.text()}: " if self.location else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import FAIL_ON, emit, exit_code
+from framevet.cli.common import add_report_options, emit, exit_code
 
 
 def add_parser(sub: Any) -> None:
@@ -22,8 +22,10 @@ def add_parser(sub: Any) -> None:
                    help="call target name for --raw stubs")
     a.add_argument("--max-size", type=int, default=None, help="declared stub buffer size")
     a.add_argument("--no-unwind", action="store_true", help="skip unwinding at every step")
-    a.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
-    a.add_argument("--fail-on", choices=FAIL_ON, default="warning")
+    a.add_argument("--value", action="append", default=[], metavar="SYMBOL=VALUE",
+                   help="initial 8-byte value of an undefined data symbol (e.g. glibc's "
+                        "__x86_shared_non_temporal_threshold=0xc0000); repeatable")
+    add_report_options(a)
     a.add_argument("--cflags", default="")
     a.add_argument("--profile", choices=("kernel", "user"), default=None,
                    help="default: kernel for .ko and raw stubs, else user")
@@ -36,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     from framevet.cli.emulation import run_abi_command
 
     findings = run_abi_command(args)
-    emit(findings, args.format, None)
+    emit(findings, args)
     return exit_code(findings, 0, args.fail_on)

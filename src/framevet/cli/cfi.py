@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import FAIL_ON, emit, exit_code
+from framevet.cli.common import add_report_options, emit, exit_code
 from framevet.cli.parallel import collect
 
 
 def add_parser(sub: Any) -> None:
     f = sub.add_parser("cfi", help="validate DWARF CFI (.eh_frame/.debug_frame) against the code")
     f.add_argument("files", nargs="+", metavar="FILE")
-    f.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
-    f.add_argument("--fail-on", choices=FAIL_ON, default="warning")
+    add_report_options(f, explain=True)
     f.add_argument("--cflags", default="")
     f.add_argument("-j", "--jobs", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
@@ -22,5 +21,5 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "cfi", None)
-    emit(findings, args.format, None)
+    emit(findings, args, len(args.files))
     return exit_code(findings, errors, args.fail_on)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import FAIL_ON, add_common, emit, exit_code
+from framevet.cli.common import add_common, add_report_options, emit, exit_code
 from framevet.cli.parallel import collect
 from framevet.pipeline import Options
 
@@ -24,11 +24,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--module", action="store_true", help="accepted for objtool compatibility")
     g.add_argument("--link", action="store_true",
                    help="vmlinux.o-style linked object (implied by --noinstr/--ibt/--unret)")
-    c.add_argument("--format", choices=("text", "objtool", "json", "sarif", "html"),
-                   default="text")
-    c.add_argument("-o", "--output", help="write the report here instead of stdout")
-    c.add_argument("--fail-on", choices=FAIL_ON, default="warning",
-                   help="exit 1 when a finding is at least this severe (default: warning)")
+    add_report_options(c, ("text", "objtool", "json", "sarif", "html"), explain=True)
     c.add_argument("--disable", default="", help="comma-separated rule ids to leave out")
     c.add_argument("--objtool-only", action="store_true",
                    help="only objtool 6.1's checks, stopping each function at its first "
@@ -51,5 +47,5 @@ def options(args: argparse.Namespace) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "check", options(args))
-    emit(findings, args.format, args.output)
+    emit(findings, args, len(args.files))
     return exit_code(findings, errors, args.fail_on)

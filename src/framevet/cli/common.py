@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
+from framevet.errors import InputError
+from framevet.findings import Finding
 from framevet.report.formats import render
+from framevet.report.text import summary
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 _SEVERITY_RANK = {"note": 0, "warning": 1, "error": 2}
 FAIL_ON = ("note", "warning", "error", "never")
+FORMATS = ("text", "json", "sarif", "html")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -21,15 +26,56 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cflags", default="", help="extra flags for assembling .S inputs")
 
 
-def emit(findings: list[Any], fmt: str, output: str | None) -> None:
-    """Render ``findings`` in ``fmt`` to ``output`` (a path) or stdout."""
-    text = render(findings, fmt)
-    if output:
-        with open(output, "w") as fh:
+def add_report_options(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS,
+                       explain: bool = False) -> None:
+    """--format, -o, --fail-on, --quiet and --color: how a command reports findings."""
+    p.add_argument("--format", choices=formats, default="text")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of "
+                   "stdout")
+    p.add_argument("--fail-on", choices=FAIL_ON, default="warning",
+                   help="exit 1 when a finding is at least this severe (default: warning)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print the findings and nothing else (no summary, no progress bar)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text report (auto: on a terminal, unless NO_COLOR is set)")
+    if explain:
+        p.add_argument("--explain", action="store_true",
+                       help="under each finding, the paths that lead to it with the stack "
+                            "state at every instruction, and the follow-on findings")
+
+
+def _colour(args: argparse.Namespace) -> bool:
+    how = getattr(args, "color", "auto")
+    if how != "auto":
+        return bool(how == "always")
+    return (getattr(args, "output", None) is None and sys.stdout.isatty()
+            and not os.environ.get("NO_COLOR"))
+
+
+def write_output(path: str, text: str) -> None:
+    """Write a report; a path that cannot be written is the user's error, named."""
+    try:
+        with open(path, "w") as fh:
             fh.write(text)
+    except OSError as exc:
+        raise InputError(path, f"cannot write the report: {exc.strerror or exc}") from None
+
+
+def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
+         suppressed: int = 0) -> None:
+    """Render ``findings`` as ``args`` asks, to ``-o FILE`` or stdout; the text format
+    ends with a one-line summary on stderr (not with ``--quiet``)."""
+    fmt = getattr(args, "format", "text")
+    text = render(findings, fmt, explain=bool(getattr(args, "explain", False)),
+                  colour=fmt == "text" and _colour(args))
+    output = getattr(args, "output", None)
+    if output:
+        write_output(output, text)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
+    if fmt == "text" and not getattr(args, "quiet", False):
+        print(summary(findings, inputs, suppressed), file=sys.stderr)
 
 
 def exit_code(findings: list[Any], errors: int, fail_on: str) -> int:

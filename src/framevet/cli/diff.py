@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from framevet.cli.common import FAIL_ON, emit, exit_code
+from framevet.cli.common import add_report_options, emit, exit_code
 
 
 def add_parser(sub: Any) -> None:
@@ -17,8 +17,10 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--args", default=None)
     d.add_argument("--runs", type=int, default=16)
     d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--format", choices=("text", "json", "sarif", "html"), default="text")
-    d.add_argument("--fail-on", choices=FAIL_ON, default="warning")
+    d.add_argument("--value", action="append", default=[], metavar="SYMBOL=VALUE",
+                   help="initial 8-byte value of an undefined data symbol, on both sides; "
+                        "repeatable")
+    add_report_options(d)
     d.add_argument("--cflags", default="")
     d.add_argument("--compare", default="abi",
                    help="registers compared: abi (callee-saved + rax/rdx), all, or a list")
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from framevet.cli.emulation import run_diff_command
 
     findings = run_diff_command(args)
-    emit(findings, args.format, None)
+    emit(findings, args)
     if not any(f.rule == "diff-divergence" for f in findings):
         print(f"framevet: no divergence between {args.a} and {args.b} in {args.runs} runs",
               file=sys.stderr)

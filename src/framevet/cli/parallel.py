@@ -56,7 +56,8 @@ def collect(args: argparse.Namespace, job: str,
     errors = 0
     for _task, (packed, err) in run_parallel(tasks, findings_of,
                                              (job, options, args.cflags.split()),
-                                             args.jobs, not args.no_progress):
+                                             args.jobs,
+                                             not (args.no_progress or args.quiet)):
         if err:
             print(err, file=sys.stderr)
             errors += 1

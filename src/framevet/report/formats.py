@@ -9,21 +9,26 @@ from typing import Any
 
 from framevet import __version__, rules
 from framevet.findings import Finding
+from framevet.report.text import render_text, sort_findings
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 
 
-def render(findings: list[Finding], fmt: str) -> str:
+def render(findings: list[Finding], fmt: str, explain: bool = False,
+           colour: bool = False) -> str:
+    """``findings`` in format ``fmt``; every format but objtool's own is sorted by
+    input, then source line or address (objtool's keeps objtool's order)."""
+    if fmt == "objtool":
+        return "".join(f.objtool_text() + "\n" for f in findings)
+    findings = sort_findings(findings)
     if fmt == "json":
         return json.dumps([f.to_json() for f in findings], indent=2) + "\n"
     if fmt == "sarif":
         return json.dumps(sarif(findings), indent=2) + "\n"
     if fmt == "html":
         return html_report(findings)
-    if fmt == "objtool":
-        return "".join(f.objtool_text() + "\n" for f in findings)
-    return "".join(f.text() + "\n" for f in findings)
+    return render_text(findings, explain=explain, colour=colour)
 
 
 def sarif(findings: Iterable[Finding]) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The text report: compiler-style lines problem matchers parse, sorted, folded, summed up."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import FIXTURES, ROOT, assemble, fv
+
+SEEDS = FIXTURES / "seeds"
+EXAMPLE = ROOT / "examples" / "entry-stubs.S"
+#: GitHub's gcc problem matcher (the one setup actions register for gcc output)
+GCC_MATCHER = re.compile(r"^(.*?):(\d+):(\d*):?\s+(?:fatal\s+)?(warning|error):\s+(.*)$")
+#: the form for inputs without a source line
+NO_SOURCE = re.compile(r"^(\S+): (error|warning|note): (\S+\+0x[0-9a-f]+) \(0x([0-9a-f]+)\): "
+                       r"(.*) \[([a-z0-9-]+)\]$")
+
+
+def _finding_lines(stdout: str) -> list[str]:
+    return [ln for ln in stdout.splitlines() if not ln.startswith(" ")]
+
+
+def test_gcc_problem_matcher_reads_every_finding_line_of_an_assembly_input() -> None:
+    for src in (EXAMPLE, *sorted(SEEDS.glob("*.S"))):
+        r = fv("check", str(src))
+        lines = _finding_lines(r.stdout)
+        for line in lines:
+            m = GCC_MATCHER.match(line)
+            assert m, line
+            assert m.group(1) == str(src)
+            assert re.search(r": [a-z_]+\+0x[0-9a-f]+: .* \[[a-z0-9-]+\]$", line), line
+        numbers = [int(GCC_MATCHER.match(ln).group(2)) for ln in lines]  # type: ignore[union-attr]
+        assert numbers == sorted(numbers), src
+        for line in r.stdout.splitlines():
+            if line.startswith(" "):
+                assert not GCC_MATCHER.match(line), line
+
+
+def test_object_without_source_lines_names_symbol_and_address() -> None:
+    obj = assemble(EXAMPLE)
+    r = fv("check", str(obj))
+    lines = _finding_lines(r.stdout)
+    assert lines
+    addresses = []
+    for line in lines:
+        m = NO_SOURCE.match(line)
+        assert m, line
+        assert m.group(1) == str(obj)
+        addresses.append(int(m.group(4), 16))
+    assert addresses == sorted(addresses)
+    assert any(ln.startswith(f"{obj}: error: gpr_switch_old+0x4 (0x26): store to the return "
+                             "address slot") for ln in lines)
+
+
+def test_follow_ons_fold_under_their_root_cause() -> None:
+    src = FIXTURES / "return-modified-frame" / "push-no-pop.S"
+    r = fv("check", str(src))
+    lines = r.stdout.splitlines()
+    assert len(_finding_lines(r.stdout)) == 1
+    assert lines[0].endswith("return with modified stack frame [return-modified-frame]")
+    assert "+ 2 follow-on findings at this instruction (callee-saved-clobber, " \
+           "return-address-overwrite); --explain lists them" in lines[1]
+    assert "3 errors in 1 input (2 folded as follow-ons)" in r.stderr
+    explained = fv("check", "--explain", str(src)).stdout
+    assert "2 follow-on findings at this instruction:" in explained
+    assert "[callee-saved-clobber]" in explained and "[return-address-overwrite]" in explained
+    # machine-readable formats keep every finding
+    rules = [i["rule"] for i in json.loads(fv("check", "--format", "json", str(src)).stdout)]
+    assert sorted(rules) == ["callee-saved-clobber", "return-address-overwrite",
+                             "return-modified-frame"]
+
+
+def test_summary_quiet_and_colour() -> None:
+    r = fv("check", str(EXAMPLE))
+    assert r.stderr.strip().splitlines()[-1].startswith("framevet: 8 errors in 1 input")
+    assert "\033[" not in r.stdout       # not a terminal: no colour
+    q = fv("check", "--quiet", str(EXAMPLE))
+    assert q.stderr == "" and q.stdout == r.stdout and q.returncode == 1
+    c = fv("check", "--color", "always", str(EXAMPLE))
+    assert "\033[1;31merror:\033[0m" in c.stdout
+    clean = fv("check", str(SEEDS / "fred-frame-builder-fixed.S"))
+    assert clean.returncode == 0 and "no findings in 1 input" in clean.stderr
+
+
+def test_objtool_format_is_unchanged() -> None:
+    obj = assemble(FIXTURES / "return-modified-frame" / "push-no-pop.S")
+    r = fv("check", "--format", "objtool", str(obj))
+    assert r.stdout.splitlines()[0] == \
+        f"{obj}: warning: objtool: f+0x11: return with modified stack frame"
+    assert len(r.stdout.splitlines()) == 3 and r.stderr == ""
+
+
+def test_unwritable_output_is_named() -> None:
+    r = fv("check", "-o", "/nonexistent-dir/r.txt", str(EXAMPLE))
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("/nonexistent-dir/r.txt: error: cannot write the report: "
+                                "No such file or directory")
