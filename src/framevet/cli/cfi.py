@@ -21,5 +21,5 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "cfi", None)
-    emit(findings, args, len(args.files))
+    emit(findings, args, len(args.files), errors=errors)
     return exit_code(findings, errors, args.fail_on)

@@ -47,5 +47,5 @@ def options(args: argparse.Namespace) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "check", options(args))
-    emit(findings, args, len(args.files))
+    emit(findings, args, len(args.files), errors=errors)
     return exit_code(findings, errors, args.fail_on)

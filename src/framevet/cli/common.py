@@ -62,9 +62,10 @@ def write_output(path: str, text: str) -> None:
 
 
 def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
-         suppressed: int = 0) -> None:
+         suppressed: int = 0, errors: int = 0) -> None:
     """Render ``findings`` as ``args`` asks, to ``-o FILE`` or stdout; the text format
-    ends with a one-line summary on stderr (not with ``--quiet``)."""
+    ends with a one-line summary on stderr (not with ``--quiet``, and not after an
+    input error, whose one line is then all stderr says)."""
     fmt = getattr(args, "format", "text")
     text = render(findings, fmt, explain=bool(getattr(args, "explain", False)),
                   colour=fmt == "text" and _colour(args))
@@ -74,7 +75,7 @@ def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    if fmt == "text" and not getattr(args, "quiet", False):
+    if fmt == "text" and not getattr(args, "quiet", False) and not errors:
         print(summary(findings, inputs, suppressed), file=sys.stderr)
 
 
