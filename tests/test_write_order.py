@@ -264,3 +264,43 @@ def test_raid10_seqlock_writers_are_clean(tmp_path: Path) -> None:
     r = fv("check", "--format", "json", "--fail-on", "never", "--hints", str(bad), str(ko))
     found = {f["symbol"] for f in json.loads(r.stdout) if f["rule"] == "write-order"}
     assert found == {"raise_barrier", "lower_barrier"}
+
+
+EXTRAS = HERE / "extras.toml"
+
+
+@pytest.mark.parametrize("opt", ("-O2", "-Os"))
+@pytest.mark.parametrize("barriers", [(), ("-DBARRIERS",)])
+def test_sum_areas_register_conditions_and_field_slots(tmp_path: Path, opt: str,
+                                                       barriers: tuple[str, ...]) -> None:
+    """area = "rdi+rsi", when = "rdx & 1", slot = "rdi+0x10": static and emulated verdicts
+    agree with the code; a call that receives the area is a note until it is declared."""
+    obj = _compile(HERE / "extras.c", (opt, *barriers))
+    rng = random.Random(5)
+    area = bytearray(rng.randbytes(32))
+    area[0] &= 0xFE
+    want = {
+        "rec_update": oracle.judge(oracle.run(str(obj), "rec_update",
+                                              [oracle.AREA - 0x40, 0x40, 1, 7, 9], 32,
+                                              bytes(area)), bytes(area), (0, 8), 0),
+        "dev_attach": oracle.judge_publish(oracle.run(
+            str(obj), "dev_attach", ["heap", "area", 1000], 32, rng.randbytes(32),
+            heap=rng.randbytes(64), slot_at=oracle.HEAP + 0x10)),
+    }
+    r = fv("check", "--format", "json", "--fail-on", "never", "--hints", str(EXTRAS), str(obj))
+    got = json.loads(r.stdout)
+    decls, declared = read_declarations(str(EXTRAS), None)
+    for func, verdict in want.items():
+        static = [f for f in got if f["symbol"] == func and f["rule"] == "write-order"]
+        dynamic = [f for f in run_write_order(load_path(str(obj)), func, decls, declared,
+                                              runs=1, args_spec="ptr:64,long,long")
+                   if f.rule == "write-order"]
+        assert bool(static) == bool(dynamic) == verdict.broken, (func, verdict.why, static)
+    notes = [f["message"] for f in got if f["rule"] == "write-order-unverified"]
+    assert notes == ["trace_rec receives rec+0x0 in rdi: its stores are not verified "
+                     "(declare it in framevet.toml)"]
+    declared_callee = tmp_path / "framevet.toml"
+    declared_callee.write_text(EXTRAS.read_text() + "[trace_rec]\n")
+    r = fv("check", "--format", "json", "--fail-on", "never", "--hints", str(declared_callee),
+           str(obj))
+    assert [f for f in json.loads(r.stdout) if f["rule"] == "write-order-unverified"] == []

@@ -86,10 +86,11 @@ def _layout(path: str) -> tuple[dict[int, int], dict[int, bytearray], dict[int, 
 
 
 def run(path: str, func: str, args: list[int | str], area_size: int, area_init: bytes,
-        heap: bytes = b"", returns_area: str = "", slot: str = "") -> list[Store]:
+        heap: bytes = b"", returns_area: str = "", slot: str = "",
+        slot_at: int = -1) -> list[Store]:
     """Run ``func``. ``args``: integers, "area" or "heap"; an undefined function named
     ``returns_area`` returns the area; ``memcpy`` copies; a store of the area's address
-    to the symbol ``slot`` is recorded as a publication."""
+    to the symbol ``slot`` (or to the address ``slot_at``) is recorded as a publication."""
     base, blobs, stubs, where_is = _layout(path)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     for i, blob in blobs.items():
@@ -105,7 +106,7 @@ def run(path: str, func: str, args: list[int | str], area_size: int, area_init: 
     uc.reg_write(X.UC_X86_REG_RSP, rsp)
     for reg, a in zip(ARGS, args, strict=False):
         uc.reg_write(reg, AREA if a == "area" else HEAP if a == "heap" else int(a))
-    slot_addr = where_is.get(slot, -1) if slot else -1
+    slot_addr = where_is.get(slot, -1) if slot else slot_at
     stores: list[Store] = []
     pending: list[tuple[int, int]] = []
     cur = {"pc": -1, "iters": 0}

@@ -116,14 +116,21 @@ class _Wiring:
         raise InputError(atom.kind, "cannot wire this expression")
 
     def set_value(self, e: Expr, value: int) -> None:
-        """Make ``e`` evaluate to ``value``."""
-        if len(e.atoms) != 1:
-            raise InputError(e.text(), "an expression to wire must have one base")
-        atom, want = e.atoms[0], (value - e.const) & MASK64
-        if atom.kind == "reg":
-            self.regs[atom.name] = want
-        elif atom.kind == "load" and atom.inner is not None:
-            slot = self.locate(self.address_of(atom.inner))
+        """Make ``e`` evaluate to ``value``: every register of a sum but the last gets a
+        small random offset, the last one (or the load) what remains."""
+        *rest, last = e.atoms if e.atoms else (None,)
+        if last is None or any(a is None or a.kind != "reg" for a in rest):
+            raise InputError(e.text(), "an expression to wire needs a register or a load")
+        want = (value - e.const) & MASK64
+        for a in rest:
+            assert a is not None
+            if a.name not in self.regs:
+                self.regs[a.name] = self.rng.randrange(0, 0x1000, 16)
+            want = (want - self.regs[a.name]) & MASK64
+        if last.kind == "reg":
+            self.regs[last.name] = want
+        elif last.kind == "load" and last.inner is not None:
+            slot = self.locate(self.address_of(last.inner))
             if slot is None:
                 raise InputError(e.text(), "cannot place this load in memory")
             buf, off = slot
@@ -132,8 +139,15 @@ class _Wiring:
             raise InputError(e.text(), "cannot wire this expression")
 
     def make_hold(self, c: Condition) -> None:
-        if len(c.value.atoms) != 1 or c.value.atoms[0].kind != "load":
-            cur = self.address_of(c.value) if c.value.atoms else c.value.const
+        mask = c.mask or MASK64
+        atoms = c.value.atoms
+        if len(atoms) == 1 and atoms[0].kind == "reg" and atoms[0].name not in self.regs:
+            v = self.rng.getrandbits(64)
+            self.regs[atoms[0].name] = ((v & ~mask if c.negated else v | mask)
+                                        - c.value.const) & MASK64
+            return
+        if len(atoms) != 1 or atoms[0].kind != "load":
+            cur = self.address_of(c.value) if atoms else c.value.const
         else:
             inner = c.value.atoms[0].inner
             assert inner is not None
@@ -141,11 +155,10 @@ class _Wiring:
             assert slot is not None
             buf, off = slot
             cur = int.from_bytes(buf[off:off + 8], "little")
-            mask = c.mask or MASK64
             cur = cur & ~mask if c.negated else cur | mask
             buf[off:off + 8] = cur.to_bytes(8, "little")
             return
-        if bool(cur & (c.mask or MASK64)) == c.negated:
+        if bool(cur & mask) == c.negated:
             raise InputError(c.value.text(), "cannot make this `when` term hold")
 
 

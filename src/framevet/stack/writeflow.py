@@ -223,9 +223,14 @@ class Stepper:
         if ins.memory_index != iced_x86.Register.NONE:
             i = _gpr(ins.memory_index)
             iv = f.regs[i[0]] if i is not None else None
-            if not isinstance(iv, Expr) or not iv.is_const:
+            if not isinstance(iv, Expr):
                 return None
-            a = a.plus(iv.const * ins.memory_index_scale)
+            if iv.is_const:
+                a = a.plus(iv.const * ins.memory_index_scale)
+            elif ins.memory_index_scale == 1:
+                a = a.add(iv)              # EXPR+REG: base and index both symbolic
+            else:
+                return None
         return a.plus(ins.memory_displacement)
 
     def get(self, f: Flow, ins: iced_x86.Instruction, op: int, size: int) -> Value:

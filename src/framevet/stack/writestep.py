@@ -152,8 +152,8 @@ class InsnStepper(Stepper):
             r = _add(v, w, size, -1)
         else:
             r = _logic(mn, v, w, size)
-        cond = Cond(v, known(w, size)[1]) if mn == M.AND and isinstance(w, Expr) \
-            and w.is_const else Cond(r, (1 << 8 * size) - 1)
+        cond = Cond(self._tested(f, ins, size), known(w, size)[1]) if mn == M.AND and \
+            isinstance(w, Expr) and w.is_const else Cond(r, (1 << 8 * size) - 1)
         if mn == M.AND and isinstance(v, Part) and isinstance(w, Expr) and w.is_const:
             r = Masked(v, w.const & ((1 << 8 * size) - 1))
         st = self.put(f, ins, 0, r, size)
@@ -181,9 +181,21 @@ class InsnStepper(Stepper):
         f.cond = Cond(v, 1 << bit, carry=True)
         return [st] if st else []
 
+    def _tested(self, f: Flow, ins: iced_x86.Instruction, size: int) -> Value:
+        """Operand 0 as a test sees it: a sub-register of an entry value is tested as the
+        whole value (the mask fits in the part tested), so ``when = "rdx & 1"`` matches
+        ``test $1,%dl``."""
+        if ins.op_kind(0) == OpKind.REGISTER:
+            g = _gpr(ins.op_register(0))
+            full = f.regs[g[0]] if g is not None else None
+            if isinstance(full, Expr) and not full.is_const and not (
+                    len(full.atoms) == 1 and full.atoms[0].kind == "load"):
+                return full
+        return self.get(f, ins, 0, size)
+
     def _test(self, f: Flow, ins: iced_x86.Instruction) -> list[Store]:
         size = operand_size(ins)
-        v, w = self.get(f, ins, 0, size), self.get(f, ins, 1, size)
+        v, w = self._tested(f, ins, size), self.get(f, ins, 1, size)
         mask = (1 << 8 * size) - 1
         if ins.mnemonic == M.CMP:
             f.cond = Cond(v, mask) if isinstance(w, Expr) and w.is_const and not w.const \
