@@ -32,11 +32,12 @@ register framevet knows holds ``CFA - k`` (``mov %rsp, %rbx``) is the same rule.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import iced_x86
 
-from framevet.cfg.program import Program
+from framevet.cfg.program import Function, Program
 from framevet.decode import insn as d
 from framevet.findings import Finding, Location, SymbolIndex
 from framevet.load.elf import STT_FUNC
@@ -153,6 +154,7 @@ class _Checker:
         for f in fdes:
             by_sec.setdefault(f.section, []).append(f)
         has_symtab = any(s.type == 2 for s in self.elf.sections)   # SHT_SYMTAB
+        spans = _FunctionSpans(prog.functions)
         for fde in fdes:
             if fde.section < 0 or fde.section not in prog.secmap:
                 where = (f"{fde.section_name}+0x{fde.start:x}" if fde.section >= 0
@@ -167,13 +169,12 @@ class _Checker:
                 self._add(MISSING, "warning", fde.section, fde.start,
                           f"FDE at {fde.frame_section}+0x{fde.fde_offset:x} starts inside "
                           f"an instruction")
-            if has_symtab and not any(f.sec == fde.section and f.start < fde.end
-                                      and fde.start < max(f.end, f.start + 1)
-                                      for f in prog.functions):
+            if has_symtab and not spans.overlaps(fde.section, fde.start, fde.end):
                 self._add(MISSING, "warning", fde.section, fde.start,
                           f"FDE at {fde.frame_section}+0x{fde.fde_offset:x} covers "
                           f"{fde.section_name}+0x{fde.start:x}..0x{fde.end:x}, which holds "
                           f"no function")
+        covers: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
         for fn in prog.functions:
             if not fn.canonical or fn.sym.type != STT_FUNC:
                 continue
@@ -181,8 +182,11 @@ class _Checker:
                      if prog.kind[g] not in _PADDING]
             if not insns:
                 continue
-            cover = _merge([(x.start, x.end) for x in by_sec.get(fn.sec, [])])
-            starts = [a for a, _ in cover]
+            merged = covers.get(fn.sec)
+            if merged is None:
+                cover = _merge([(x.start, x.end) for x in by_sec.get(fn.sec, [])])
+                merged = covers[fn.sec] = (cover, [a for a, _ in cover])
+            cover, starts = merged
             uncovered = [g for g in insns if not _covered(cover, starts, prog.off[g])]
             if not uncovered:
                 continue
@@ -448,6 +452,33 @@ def _effects(before: CfaRule, after: CfaRule, diffs: list[str]) -> list[str]:
         else:
             out.append(f"changes where {name} is ({t})")
     return out
+
+
+class _FunctionSpans:
+    """Per section, the functions' spans ``[start, max(end, start + 1))`` sorted by
+    start, with the running maximum of their ends: does any overlap ``[a, b)``?"""
+
+    def __init__(self, functions: list[Function]) -> None:
+        by_sec: dict[int, list[tuple[int, int]]] = {}
+        for f in functions:
+            by_sec.setdefault(f.sec, []).append((f.start, max(f.end, f.start + 1)))
+        self._starts: dict[int, list[int]] = {}
+        self._reach: dict[int, list[int]] = {}
+        for sec, spans in by_sec.items():
+            spans.sort()
+            reach, top = [], 0
+            for _, end in spans:
+                top = max(top, end)
+                reach.append(top)
+            self._starts[sec] = [a for a, _ in spans]
+            self._reach[sec] = reach
+
+    def overlaps(self, sec: int, a: int, b: int) -> bool:
+        starts = self._starts.get(sec)
+        if not starts:
+            return False
+        i = bisect_left(starts, b)        # the spans that start before b: starts[:i]
+        return i > 0 and self._reach[sec][i - 1] > a
 
 
 def _covered(cover: list[tuple[int, int]], starts: list[int], off: int) -> bool:
