@@ -4,6 +4,7 @@ alignment padding."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -161,18 +162,22 @@ def _walk_landing_pads(w: Walker) -> None:
     for fde in read_cfi(prog.elf).fdes:
         if fde.section in prog.secmap:
             pads += [(fde.section, a, b, lp) for a, b, lp in call_sites(prog.elf, fde)]
+    # per pad: its gid, and the calls of its call-site range in address order
+    todo: list[tuple[int, list[int]]] = []
+    for sec, a, b, lp in pads:
+        ds = prog.secmap[sec]
+        base = prog.base[sec]
+        calls = [base + i for i in range(bisect_left(ds.off, a), bisect_left(ds.off, b))
+                 if prog.kind[base + i] in (d.CALL, d.CALL_DYNAMIC)]
+        todo.append((prog.gid(sec, lp), calls))
     progress = True
     while progress:
         progress = False
-        for sec, a, b, lp in pads:
-            lg = prog.gid(sec, lp)
+        for lg, calls in todo:
             if lg < 0 or w.visited[lg]:
                 continue
-            ds = prog.secmap[sec]
-            for i in range(len(ds)):
-                g = prog.base[sec] + i
-                if a <= ds.off[i] < b and prog.kind[g] in (d.CALL, d.CALL_DYNAMIC) \
-                        and w.cfi[g] is not None:
+            for g in calls:
+                if w.cfi[g] is not None:
                     _resume(w, lg, w.cfi[g])   # type: ignore[arg-type]
                     progress = True
                     break
