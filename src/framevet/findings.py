@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,37 @@ class Finding:
         return out
 
 
+class _StartOrder:
+    """Symbols ``(start, end, name)`` of one section sorted by start (ties: list
+    order), with the running maximum of their ends, so that a lookup walks back
+    only over symbols that may still hold the offset."""
+
+    def __init__(self, entries: list[tuple[int, int, str]]) -> None:
+        ranked = sorted(range(len(entries)), key=lambda i: (entries[i][0], i))
+        self.entries = [entries[i] for i in ranked]
+        self.starts = [e[0] for e in self.entries]
+        self.reach: list[int] = []
+        top = -1
+        for _, end, _ in self.entries:
+            top = max(top, end)
+            self.reach.append(top)
+
+    def containing(self, off: int) -> tuple[int, str] | None:
+        entries, reach = self.entries, self.reach
+        i = bisect_right(self.starts, off) - 1
+        hit = -1
+        while i >= 0 and reach[i] > off:
+            start, end, _ = entries[i]
+            if hit >= 0 and start < entries[hit][0]:
+                break
+            if end > off:
+                hit = i            # walking back: the first in list order wins a tie
+            i -= 1
+        if hit < 0:
+            return None
+        return entries[hit][0], entries[hit][2]
+
+
 class SymbolIndex:
     """Answers "which symbol contains this address" the way objtool's offstr() does."""
 
@@ -89,14 +121,19 @@ class SymbolIndex:
         # objtool trims a parent's length by its inline .cold child
         for lst in self._funcs.values():
             lst.sort()
+        self._order: dict[int, _StartOrder] = {}
 
     def _containing(self, table: dict[int, list[tuple[int, int, str]]], sec: int,
                     off: int) -> tuple[int, str] | None:
-        best: tuple[int, str] | None = None
-        for start, end, name in table.get(sec, ()):
-            if start <= off < end and (best is None or start > best[0]):
-                best = (start, name)
-        return best
+        """Of the symbols holding ``off``, the one starting last (the first of those in
+        ``table``'s order when several start there)."""
+        entries = table.get(sec)
+        if not entries:
+            return None
+        order = self._order.get(id(entries))
+        if order is None:
+            order = self._order[id(entries)] = _StartOrder(entries)
+        return order.containing(off)
 
     def locate(self, sec: int, off: int) -> Location:
         section = self.elf.sections[sec]
