@@ -97,6 +97,9 @@ class ElfObject:
     raw: bytes = field(repr=False)
     _reloc_offsets: dict[int, list[int]] = field(default_factory=dict, repr=False)
     _by_name: dict[str, Section] = field(default_factory=dict, repr=False)
+    #: what later stages derive from the sections alone (the DWARF CFI), computed once
+    #: and shared with copies that only add symbols (:func:`dataclasses.replace`)
+    derived: dict[str, object] = field(default_factory=dict, repr=False)
 
     @property
     def relocatable(self) -> bool:

@@ -310,7 +310,15 @@ def _interpret(instructions: list[Any], caf: int, daf: int, loc: int,
 # ---------------------------------------------------------------------------
 
 def read_cfi(elf: ElfObject) -> CfiInfo:
-    """Every FDE of ``.eh_frame`` and ``.debug_frame``, located in its code section."""
+    """Every FDE of ``.eh_frame`` and ``.debug_frame``, located in its code section
+    (read once per image: callers share it and must not modify it)."""
+    info = elf.derived.get("cfi")
+    if not isinstance(info, CfiInfo):
+        info = elf.derived["cfi"] = _read_cfi(elf)
+    return info
+
+
+def _read_cfi(elf: ElfObject) -> CfiInfo:
     info = CfiInfo()
     for name in FRAME_SECTIONS:
         sec = elf.section(name)
