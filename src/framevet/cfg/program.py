@@ -21,7 +21,7 @@ safely can.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import iced_x86
@@ -160,8 +160,9 @@ class Program:
         ds = self.secmap.get(sec)
         if ds is None:
             return -1
-        i = ds.at.get(off)
-        return -1 if i is None else self.base[sec] + i
+        offs = ds.off       # ascending: a bisection, not a dict of every offset (memory)
+        i = bisect_left(offs, off)
+        return self.base[sec] + i if i < len(offs) and offs[i] == off else -1
 
     def instruction(self, g: int, address: bool = False) -> iced_x86.Instruction:
         """Instruction ``g`` decoded again with all of iced's detail (the compact records

@@ -223,8 +223,6 @@ class DecodedSection:
     ops: list[tuple[StackOp, ...] | None] = field(default_factory=list)
     #: direct branch/call target as a section offset (before relocation), else -1
     target: list[int] = field(default_factory=list)
-    #: offset -> instruction number
-    at: dict[int, int] = field(default_factory=dict)
     #: offsets iced could not decode (objtool: "can't decode instruction")
     invalid: list[int] = field(default_factory=list)
     #: what objtool's decoder prints, in offset order: (offset, rule id, message, fatal)
@@ -305,7 +303,6 @@ def decode_section(index: int, name: str, data: bytes, iret_is_func: object = No
         kind_l.append(kind)
         ops_l.append(ops)
         tgt_l.append(tgt)
-    ds.at = {o: i for i, o in enumerate(off_l)}
     return ds
 
 
