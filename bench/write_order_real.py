@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""write-order on real, correct writers: Xen 4.17's update_runstate_area and Linux 6.1
-raid10's seqlock writers must raise no ``write-order`` finding; the same declarations
-with the guard bit or offset moved must (so the silence comes from the walk).
+"""write-order on real, correct writers: Xen 4.17's update_runstate_area, Linux 6.1
+raid10's seqlock writers and kvm's pvclock writer must raise no ``write-order`` finding;
+the same declarations with the guard bit or offset moved must (so the silence comes
+from the walk).
 
-    python3 bench/write_order_real.py [--xen xen-syms-4.17-amd64] [--cache DIR]
+    python3 bench/write_order_real.py [--xen xen-syms-4.17-amd64] [--kvm kvm.ko]
+                                      [--cache DIR]
 
 Without ``--xen`` it runs ``apt-get download xen-hypervisor-4.17-amd64-dbg`` into
-``--cache`` and extracts ``xen-syms-4.17-amd64`` from it. raid10.ko comes from the
-shared corpus (``../shared/corpus/kmod``, or ``FRAMEVET_SHARED``).
+``--cache`` and extracts ``xen-syms-4.17-amd64``; without ``--kvm`` it downloads
+``linux-image-6.1.0-50-amd64-unsigned`` and extracts ``kvm.ko``. raid10.ko comes from
+the shared corpus (``../shared/corpus/kmod``, or ``FRAMEVET_SHARED``).
 """
 
 from __future__ import annotations
@@ -63,16 +66,24 @@ data = [[0xe0, 0xf0]]
 """
 
 
-def xen_syms(cache: str) -> str:
-    found = glob.glob(os.path.join(cache, "**", "xen-syms-4.17-amd64"), recursive=True)
+KVM = """[kvm_setup_guest_pvclock.protocol.pvti]
+kind = "seqcount"
+area = "[rsi+0x60]+rdx"
+size = 32
+guard = { offset = GUARD, size = 4 }
+"""
+
+
+def from_package(cache: str, package: str, name: str) -> str:
+    """``name`` from Debian's ``package``, downloaded once into ``cache``."""
+    found = glob.glob(os.path.join(cache, package, "**", name), recursive=True)
     if found:
         return found[0]
     os.makedirs(cache, exist_ok=True)
-    subprocess.run(["apt-get", "download", "xen-hypervisor-4.17-amd64-dbg"], cwd=cache,
-                   check=True)
-    deb = sorted(glob.glob(os.path.join(cache, "xen-hypervisor-4.17-amd64-dbg_*.deb")))[-1]
-    subprocess.run(["dpkg", "-x", deb, os.path.join(cache, "x")], check=True)
-    return glob.glob(os.path.join(cache, "x", "**", "xen-syms-4.17-amd64"), recursive=True)[0]
+    subprocess.run(["apt-get", "download", package], cwd=cache, check=True)
+    deb = sorted(glob.glob(os.path.join(cache, f"{package}_*.deb")))[-1]
+    subprocess.run(["dpkg", "-x", deb, os.path.join(cache, package)], check=True)
+    return glob.glob(os.path.join(cache, package, "**", name), recursive=True)[0]
 
 
 def check(binary: str, toml_text: str, functions: set[str]) -> tuple[list[str], float]:
@@ -107,6 +118,7 @@ def report(what: str, good: list[str], bad: list[str], dt: float) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--xen", help="xen-syms-4.17-amd64 (default: download it)")
+    ap.add_argument("--kvm", help="Linux 6.1 kvm.ko (default: download it)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/framevet-bench"))
     args = ap.parse_args()
     ok = True
@@ -115,7 +127,13 @@ def main() -> int:
     good, dt = check(raid10, RAID10.replace("GUARD", "0xd8"), funcs)
     bad, _ = check(raid10, RAID10.replace("GUARD", "0xd4"), funcs)
     ok &= report("raid10.ko raise_barrier/lower_barrier (seqlock)", good, bad, dt)
-    xen = args.xen or xen_syms(args.cache)
+    kvm = args.kvm or from_package(args.cache, "linux-image-6.1.0-50-amd64-unsigned", "kvm.ko")
+    funcs = {"kvm_setup_guest_pvclock"}
+    good, dt = check(kvm, KVM.replace("GUARD", "0"), funcs)
+    bad, _ = check(kvm, KVM.replace("GUARD", "4"), funcs)
+    ok &= report("kvm.ko kvm_setup_guest_pvclock (pvclock)", good, bad, dt)
+    xen = args.xen or from_package(args.cache, "xen-hypervisor-4.17-amd64-dbg",
+                                   "xen-syms-4.17-amd64")
     good, dt = check(xen, XEN.replace("BIT", "63"), {"update_runstate_area"})
     bad, _ = check(xen, XEN.replace("BIT", "62"), {"update_runstate_area"})
     ok &= report("xen-syms 4.17 update_runstate_area (native + compat)", good, bad, dt)

@@ -283,6 +283,8 @@ def test_sum_areas_register_conditions_and_field_slots(tmp_path: Path, opt: str,
         "rec_update": oracle.judge(oracle.run(str(obj), "rec_update",
                                               [oracle.AREA - 0x40, 0x40, 1, 7, 9], 32,
                                               bytes(area)), bytes(area), (0, 8), 0),
+        "rec_at": oracle.judge(oracle.run(str(obj), "rec_at", [oracle.AREA - 0x40, 0x40, 7],
+                                          32, bytes(area)), bytes(area), (0, 8), 0),
         "dev_attach": oracle.judge_publish(oracle.run(
             str(obj), "dev_attach", ["heap", "area", 1000], 32, rng.randbytes(32),
             heap=rng.randbytes(64), slot_at=oracle.HEAP + 0x10)),

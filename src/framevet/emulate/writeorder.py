@@ -116,21 +116,26 @@ class _Wiring:
         raise InputError(atom.kind, "cannot wire this expression")
 
     def set_value(self, e: Expr, value: int) -> None:
-        """Make ``e`` evaluate to ``value``: every register of a sum but the last gets a
-        small random offset, the last one (or the load) what remains."""
-        *rest, last = e.atoms if e.atoms else (None,)
-        if last is None or any(a is None or a.kind != "reg" for a in rest):
+        """Make ``e`` evaluate to ``value``. In a sum, a load (else the register that
+        comes first in argument order) is the base and gets what remains; the other
+        registers get small random offsets, which also fit an ``unsigned int``."""
+        if not e.atoms:
             raise InputError(e.text(), "an expression to wire needs a register or a load")
+        order = {n: i for i, n in enumerate(ARGS)}
+        base = min(e.atoms, key=lambda a: (a.kind != "load", order.get(a.name, 99), a.name))
         want = (value - e.const) & MASK64
-        for a in rest:
-            assert a is not None
+        for a in e.atoms:
+            if a is base:
+                continue
+            if a.kind != "reg":
+                raise InputError(e.text(), "only one term of a wired sum may be a load")
             if a.name not in self.regs:
                 self.regs[a.name] = self.rng.randrange(0, 0x1000, 16)
             want = (want - self.regs[a.name]) & MASK64
-        if last.kind == "reg":
-            self.regs[last.name] = want
-        elif last.kind == "load" and last.inner is not None:
-            slot = self.locate(self.address_of(last.inner))
+        if base.kind == "reg":
+            self.regs[base.name] = want
+        elif base.kind == "load" and base.inner is not None:
+            slot = self.locate(self.address_of(base.inner))
             if slot is None:
                 raise InputError(e.text(), "cannot place this load in memory")
             buf, off = slot

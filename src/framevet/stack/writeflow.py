@@ -263,7 +263,9 @@ class Stepper:
             if rsize == 8:
                 f.regs[r] = v
             elif rsize == 4:
-                f.regs[r] = v if isinstance(v, Part | Masked) else as_bits(*known(v, 4), 8)
+                f.regs[r] = v if isinstance(v, Part | Masked) or isinstance(v, Expr) and \
+                    len(v.atoms) == 1 and v.atoms[0].kind == "reg" and not v.const \
+                    else as_bits(*known(v, 4), 8)
                 if isinstance(v, Expr) and v.is_const:
                     f.regs[r] = Expr((), v.const & 0xFFFF_FFFF)
             else:

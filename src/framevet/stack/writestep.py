@@ -107,6 +107,12 @@ class InsnStepper(Stepper):
             return None
         size = operand_size(ins)
         v = self.get(f, ins, 1, size)
+        if size == 4 and ins.op_kind(0) == ins.op_kind(1) == OpKind.REGISTER:
+            src = _gpr(ins.op_register(1))
+            full = f.regs[src[0]] if src is not None else None
+            if isinstance(full, Expr) and len(full.atoms) == 1 and not full.const \
+                    and full.atoms[0].kind == "reg":
+                v = full      # an unsigned int argument, zero-extended: still "rdx"
         st = self.put(f, ins, 0, v, size)
         return [st] if st else []
 
