@@ -31,6 +31,7 @@ _FULL_TO_DWARF = {
 }
 _READS = (OpAccess.READ, OpAccess.COND_READ, OpAccess.READ_WRITE, OpAccess.READ_COND_WRITE)
 _WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE)
+_ANY_WRITE = (*_WRITES, OpAccess.COND_WRITE, OpAccess.READ_COND_WRITE)
 _EMMS = (Mnemonic.EMMS, Mnemonic.FEMMS)
 _SIMD_STATE = (Mnemonic.FXRSTOR, Mnemonic.FXRSTOR64, Mnemonic.XRSTOR, Mnemonic.XRSTOR64,
                Mnemonic.FNINIT, Mnemonic.FINIT)
@@ -74,6 +75,9 @@ class Insn:
     ctl: bool                    # may load MXCSR or the x87 control word
     align16: bool                # legacy SSE m128 (or fxsave m512) operand: #GP if misaligned
     ins: Instruction
+    upper: int = 0               # +1 writes a ymm/zmm register, -1 vzeroupper/vzeroall
+    port: int = 0                # 1 in, 2 out (register forms: the machine supplies values)
+    mem_size: int = 0            # bytes of the memory operand
 
     def mem_addr(self, regs: list[int]) -> int:
         """Effective address of the memory operand (segment bases are 0)."""
@@ -143,11 +147,21 @@ def decode(code: bytes, addr: int) -> Insn:
         mmx = True   # x87 instructions without explicit ST operands (fld1, fstp mem...)
     vex = valid and _is_vex(code)
     ret_pop = ins.immediate16 if kind == RET and ins.op_count == 1 else 0
+    upper = 0
+    if valid and mn in (Mnemonic.VZEROUPPER, Mnemonic.VZEROALL):
+        upper = -1
+    elif vex and any(u.access in _ANY_WRITE and (RegisterExt.is_ymm(u.register)
+                                              or RegisterExt.is_zmm(u.register))
+                     for u in _info.info(ins).used_registers()):
+        upper = 1
+    port = {Mnemonic.IN: 1, Mnemonic.OUT: 2}.get(mn, 0) if valid else 0
+    has_mem = valid and any(ins.op_kind(i) == OpKind.MEMORY for i in range(ins.op_count))
+    mem_size = MemorySizeExt.size(ins.memory_size) if has_mem else 0
     return Insn(addr, ins.len if valid else 1, text, kind, target, ret_pop,
                 tuple(sorted(reads)), tuple(sorted(writes)), mmx and not emms, emms,
                 valid, vex, valid and (ins.has_rep_prefix or ins.has_repe_prefix
                                        or ins.has_repne_prefix), mn in _CONTROL,
-                valid and _needs_align16(ins), ins)
+                valid and _needs_align16(ins), ins, upper, port, mem_size)
 
 
 def _needs_align16(ins: Instruction) -> bool:
@@ -168,3 +182,10 @@ def _is_vex(code: bytes) -> bool:
                                          0x67, 0xF0):
         i += 1
     return i < len(code) and code[i] in (0xC4, 0xC5, 0x62)
+
+
+def port_size(insn: Insn) -> int:
+    """Bytes an ``in``/``out`` moves (al/ax/eax)."""
+    ins = insn.ins
+    reg = ins.op0_register if insn.port == 1 else ins.op1_register
+    return max(1, RegisterExt.size(reg))

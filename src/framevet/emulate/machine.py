@@ -18,6 +18,7 @@ import random
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 
 import unicorn.unicorn_const as uc_const
 from unicorn import (
@@ -37,7 +38,7 @@ from unicorn import x86_const as X
 from framevet.emulate import insn as I
 from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
 from framevet.emulate.image import PAGE, Image, page_down, page_up
-from framevet.emulate.records import Event, Fault, Frame, Observer, RunResult
+from framevet.emulate.records import Event, Fault, Frame, Observer, RunResult, Unmapped
 from framevet.emulate.spec import (
     ARG_REGS,
     CALLEE_SAVED,
@@ -86,9 +87,6 @@ class Machine:
         self.observer = observer
         self.check_nested = check_nested
         self.clobbers_at = clobbers_at or {}
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        # virtual TLB: addresses above 2^47 (kernel, hypervisor) work too
-        self.uc.ctl_set_tlb_mode(uc_const.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
         nsa = len(state.stack_args)
         self.E = ((STACK_TOP - CALLER_AREA - 8 * nsa) & ~15) - 8
         #: words above the return address the function may write: its stack arguments
@@ -115,12 +113,33 @@ class Machine:
         self.returned = False
         self.world = random.Random(state.world_seed)
         self.io = random.Random(state.world_seed ^ 0x5EED)
-        self._map()
-        self.regfile = RegFile(self.uc)
+        self.upper_last = 0
+        self._setup_backend()
         canaries = tuple(state.regs[r] for r in CALLEE_SAVED)
         self.frames = [Frame(self.E + 8, EXIT_ADDR, canaries, entry, 0)]
 
     # -- setup -----------------------------------------------------------------
+    def _setup_backend(self) -> None:
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # virtual TLB: addresses above 2^47 (kernel, hypervisor) work too
+        self.uc.ctl_set_tlb_mode(uc_const.UC_TLB_VIRTUAL)  # type: ignore[attr-defined]
+        self._map()
+        self.regfile = RegFile(self.uc)
+
+    def _map_common(self, write: Callable[[int, bytes], None]) -> None:
+        """The caller's frame, the return address and the stack arguments."""
+        st = self.state
+        write(self.E + 8, st.caller_frame[: STACK_TOP - self.E - 8])
+        write(self.E, EXIT_ADDR.to_bytes(8, "little"))
+        for i, v in enumerate(st.stack_args):
+            write(self.E + 8 + 8 * i, v.to_bytes(8, "little"))
+
+    def check_memory_budget(self, total: int) -> None:
+        if total > self.budget.memory:
+            raise InputError(self.image.objects[0].display if self.image.objects else "input",
+                             f"emulation needs {total} bytes mapped, over the "
+                             f"{self.budget.memory}-byte memory budget")
+
     def _map(self) -> None:
         uc, st = self.uc, self.state
         pages: dict[int, int] = {}
@@ -139,10 +158,7 @@ class Machine:
             if c.data:
                 uc.mem_write(c.addr, bytes(c.data))
         uc.mem_map(self.stack_lo, STACK_TOP - self.stack_lo, 3)
-        uc.mem_write(self.E + 8, st.caller_frame[: STACK_TOP - self.E - 8])
-        uc.mem_write(self.E, EXIT_ADDR.to_bytes(8, "little"))
-        for i, v in enumerate(st.stack_args):
-            uc.mem_write(self.E + 8 + 8 * i, v.to_bytes(8, "little"))
+        self._map_common(uc.mem_write)
         for b in st.buffers:
             uc.mem_map(b.map_start, b.map_size, 3)
             uc.mem_write(b.addr, b.data)
@@ -150,10 +166,7 @@ class Machine:
         uc.mem_map(EXIT_ADDR, PAGE, 5)
         uc.mem_write(EXIT_ADDR, b"\xf4" * PAGE)
         total += STACK_TOP - self.stack_lo + PAGE
-        if total > self.budget.memory:
-            raise InputError(self.image.objects[0].display if self.image.objects else "input",
-                             f"emulation needs {total} bytes mapped, over the "
-                             f"{self.budget.memory}-byte memory budget")
+        self.check_memory_budget(total)
         regs = list(st.regs)
         regs[7] = self.E
         for r in range(16):
@@ -173,11 +186,43 @@ class Machine:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
 
+    # -- the backend: unicorn here, Bochs in framevet.emulate.bochs ---------------
+    backend = "unicorn"
+    #: runs VEX/EVEX instructions beyond BMI1/2 and vzeroupper/vzeroall
+    executes_avx = False
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        try:
+            return bytes(self.uc.mem_read(addr, size))
+        except (UcError, OverflowError):
+            raise Unmapped(addr) from None
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, data)
+
+    def set_gpr(self, reg: int, value: int) -> None:
+        self.uc.reg_write(_UC_REGS[reg], value)
+
+    def set_pc(self, addr: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_RIP, addr)
+
+    def set_xmm(self, index: int, value: int) -> None:
+        self.uc.reg_write(_XMM[index], value)
+
+    def set_rflags(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, value)
+
+    def _halt(self) -> None:
+        self.uc.emu_stop()
+
+    def _at_exit(self) -> None:
+        self.uc.emu_stop()
+
     # -- helpers ---------------------------------------------------------------
     def read64(self, addr: int) -> int | None:
         try:
-            return int.from_bytes(self.uc.mem_read(addr, 8), "little")
-        except (UcError, OverflowError):
+            return int.from_bytes(self.read_mem(addr, 8), "little")
+        except Unmapped:
             return None
 
     def event(self, pc: int, message: str, key: str, severity: str = "error",
@@ -188,10 +233,10 @@ class Machine:
         ins = self.insns.get(addr)
         if ins is None:
             n = min(15, page_up(addr + 1) - addr)
-            code = bytes(self.uc.mem_read(addr, n))
+            code = self.read_mem(addr, n)
             if n < 15:
-                with contextlib.suppress(UcError):
-                    code += bytes(self.uc.mem_read(addr + n, 15 - n))
+                with contextlib.suppress(Unmapped):
+                    code += self.read_mem(addr + n, 15 - n)
             ins = self.insns[addr] = I.decode(code, addr)
         return ins
 
@@ -214,14 +259,19 @@ class Machine:
     def _stop(self, fault: Fault) -> None:
         if self.fault is None:
             self.fault = fault
-        self.uc.emu_stop()
+        self._halt()
 
     # -- the per-instruction hook ---------------------------------------------
     def _on_code(self, uc: Uc, addr: int, size: int, _data: object) -> None:
+        self._step(addr, self.regfile.read())
+
+    def _step(self, addr: int, regs: list[int], repeat: bool = False) -> None:
+        """Everything observed before the instruction at ``addr`` (or, ``repeat``, before a
+        further iteration of the rep-prefixed instruction there) executes."""
         self.steps += 1
         if addr == EXIT_ADDR:
             self.returned = True
-            uc.emu_stop()
+            self._at_exit()
             return
         if self.steps > self.budget.insns:
             self._stop(Fault("runaway", self.cur_pc, f"did not return within "
@@ -231,7 +281,6 @@ class Machine:
             self._stop(Fault("runaway", addr, f"did not return within "
                              f"{self.budget.seconds:g} s (runaway loop?)", EMULATION_ERROR))
             return
-        regs = self.regfile.read()
         prev = self.prev
         if prev is not None:
             pp = self.cur_pc
@@ -242,7 +291,7 @@ class Machine:
             if (regs[RFLAGS] ^ prev[RFLAGS]) & DF:
                 self.df_writer = pp
         self.prev = regs
-        same = addr == self.cur_pc
+        same = repeat or addr == self.cur_pc
         self.cur_pc = addr
         self.trace.append(addr)
         if self.pcs is not None:
@@ -256,7 +305,7 @@ class Machine:
         self.cur_kind = ins.kind
         if same and ins.rep:
             self.rep_iters += 1
-        if ins.vex and ins.text.split()[0] not in _VEX_OK:
+        if ins.vex and not self.executes_avx and ins.text.split()[0] not in _VEX_OK:
             self._stop(Fault("unsupported", addr, f"cannot emulate AVX instruction "
                              f"'{ins.text}': unicorn 2.1 (QEMU 5 TCG) has no AVX, so the run "
                              f"stops here (dirty upper halves are checked on the code instead)",
@@ -267,14 +316,12 @@ class Machine:
         if ins.align16:
             ea = ins.mem_addr(regs)
             if ea & 15:
-                hint = ""
-                if ins.ins.memory_base in (I.Register.RSP, I.Register.RBP):
-                    hint = (f" (rsp % 16 = {regs[7] % 16} here, although it was called with an "
-                            f"aligned stack: the frame it set up breaks 16-byte alignment)")
-                self._stop(Fault("trap", addr, f"raises #GP: '{ins.text}' needs a 16-byte "
-                                 f"aligned operand, and 0x{ea:x} is not{hint}; unicorn would "
-                                 f"not fault, the CPU does"))
+                self._stop(Fault("trap", addr, self.alignment_message(ins, ea, regs)))
                 return
+        if ins.upper:
+            self.upper_last = addr if ins.upper > 0 else 0
+        if ins.port:
+            self._port(ins, addr, regs)
         if self.taint:
             for r in ins.reads64:
                 if r in self.taint:
@@ -290,6 +337,18 @@ class Machine:
             self.mmx_last = 0
         if ins.kind:
             self._control(ins, addr, regs)
+
+    def alignment_message(self, ins: I.Insn, ea: int, regs: list[int]) -> str:
+        hint = ""
+        if ins.ins.memory_base in (I.Register.RSP, I.Register.RBP):
+            hint = (f" (rsp % 16 = {regs[7] % 16} here, although it was called with an "
+                    f"aligned stack: the frame it set up breaks 16-byte alignment)")
+        note = "; unicorn would not fault, the CPU does" if self.backend == "unicorn" else ""
+        return (f"raises #GP: '{ins.text}' needs a 16-byte aligned operand, and 0x{ea:x} "
+                f"is not{hint}{note}")
+
+    def _port(self, ins: I.Insn, addr: int, regs: list[int]) -> None:
+        """``in``/``out``: unicorn's own hooks answer them (see _on_in)."""
 
     def _control(self, ins: I.Insn, addr: int, regs: list[int]) -> None:
         kind = ins.kind
@@ -307,9 +366,9 @@ class Machine:
                                          else self.image.indirect_slot, addr))
             if not code:
                 if kind == I.CALL_IND:
-                    self.uc.mem_write(rsp - 8, nxt.to_bytes(8, "little"))
-                    self.uc.reg_write(X.UC_X86_REG_RSP, rsp - 8)
-                self.uc.reg_write(X.UC_X86_REG_RIP, self.image.indirect_slot)
+                    self.write_mem(rsp - 8, nxt.to_bytes(8, "little"))
+                    self.set_gpr(7, rsp - 8)
+                self.set_pc(self.image.indirect_slot)
         elif kind == I.RET:
             self._ret(ins, addr, regs)
         elif kind == I.SYSCALL:
@@ -365,7 +424,7 @@ class Machine:
             if self.image.is_code(target):
                 if top is not None and top.entry == addr:
                     top.entry = target
-                self.uc.reg_write(X.UC_X86_REG_RIP, target)
+                self.set_pc(target)
                 return
         if name in PRESERVING:         # ftrace, return thunks: no register changes
             if top is not None and self.read64(regs[7]) == top.ra:
@@ -378,18 +437,25 @@ class Machine:
             self.event(site, f"calls {name} with rsp misaligned (rsp % 16 = "
                        f"{(regs[7] + 8) % 16} at the call, the ABI wants 0)", "call-align",
                        "warning")
-        uc, w = self.uc, self.world
+        self._extern_upper(name, site)
+        w = self.world
         for r in CALLER_SAVED:
-            uc.reg_write(_UC_REGS[r], w.getrandbits(64))
-        for x in _XMM:
-            uc.reg_write(x, w.getrandbits(128))
-        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x202 | (w.getrandbits(12) & 0x8D5))
+            self.set_gpr(r, w.getrandbits(64))
+        for x in range(len(_XMM)):
+            self.set_xmm(x, w.getrandbits(128))
+        self.set_rflags(0x202 | (w.getrandbits(12) & 0x8D5))
         if top is not None and self.read64(regs[7]) == top.ra:
             self.frames.pop()
+
+    def _extern_upper(self, name: str, site: int) -> None:
+        """Calls with AVX upper halves dirty: unicorn cannot see them (checked statically)."""
 
     # -- memory hooks ----------------------------------------------------------
     def _on_write(self, uc: Uc, access: int, addr: int, size: int, value: int,
                   _d: object) -> None:
+        self._on_store(addr, size, value)
+
+    def _on_store(self, addr: int, size: int, value: int) -> None:
         pc = self.cur_pc
         self.writes.append((pc, addr, size, value))
         E = self.E
@@ -520,8 +586,13 @@ class Machine:
                          f"it as an invalid instruction", EMULATION_ERROR)
         return Fault("error", self.cur_pc, f"emulation failed: {e}", EMULATION_ERROR)
 
-    def _result(self) -> RunResult:
+    def _fp_state(self) -> tuple[int, int, int, list[int]]:
+        """(x87 tag word, MXCSR, x87 control word, xmm0-15) at the end of the run."""
         uc = self.uc
+        return (uc.reg_read(X.UC_X86_REG_FPTAG), uc.reg_read(X.UC_X86_REG_MXCSR),
+                uc.reg_read(X.UC_X86_REG_FPCW), [int(uc.reg_read(x)) for x in _XMM])
+
+    def _result(self) -> RunResult:
         regs = self.regfile.read()
         prev = self.prev
         if prev is not None:
@@ -534,15 +605,15 @@ class Machine:
         where: dict[str, int] = {}
         for b in self.state.buffers:
             name = f"argument {b.arg + 1}'s buffer"
-            mem[name], where[name] = bytes(uc.mem_read(b.addr, b.size)), b.addr
-        mem["caller's frame"] = bytes(uc.mem_read(self.E + 8, STACK_TOP - self.E - 8))
+            mem[name], where[name] = self.read_mem(b.addr, b.size), b.addr
+        mem["caller's frame"] = self.read_mem(self.E + 8, STACK_TOP - self.E - 8)
         where["caller's frame"] = self.E + 8
         for name, a in self.image.data_slots.items():
             if not name.startswith("<"):
-                mem[name], where[name] = bytes(uc.mem_read(a, 8)), a
+                mem[name], where[name] = self.read_mem(a, 8), a
+        fptag, mxcsr, fpcw, vector = self._fp_state()
         return RunResult(self.returned, self.fault, regs, self.steps, self.E, self.events,
                          self.writes, self.externs, list(self.trace), self.pcs,
-                         self.last_writer, self.df_writer, self.mmx_last,
-                         uc.reg_read(X.UC_X86_REG_FPTAG), mem, self.taint_hits, self.insns,
-                         where, self.rep_iters, uc.reg_read(X.UC_X86_REG_MXCSR),
-                         uc.reg_read(X.UC_X86_REG_FPCW), self.ctl_last)
+                         self.last_writer, self.df_writer, self.mmx_last, fptag, mem,
+                         self.taint_hits, self.insns, where, self.rep_iters, mxcsr, fpcw,
+                         self.ctl_last, vector, None, self.upper_last, self.backend)

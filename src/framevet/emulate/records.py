@@ -42,6 +42,10 @@ class Fault:
     rule: str = ABI_VIOLATION
 
 
+class Unmapped(Exception):
+    """A read or write of guest memory that is not mapped."""
+
+
 class Observer(Protocol):
     def step(self, m: Machine, pc: int, regs: list[int], frame: Frame) -> None: ...
 
@@ -71,6 +75,13 @@ class RunResult:
     mxcsr: int = MXCSR_INIT
     fpcw: int = FPCW_INIT
     ctl_last: int = 0
+    #: final xmm0-15 (unicorn) or zmm0-31 (Bochs) values, low lane first
+    vector: list[int] = field(default_factory=list)
+    #: the upper halves of ymm/zmm0-15 at return: None when the backend cannot see them
+    upper_dirty: bool | None = None
+    #: last instruction that wrote a ymm/zmm register (0: none, or vzeroupper since)
+    upper_last: int = 0
+    backend: str = "unicorn"
 
     def text_at(self, pc: int) -> str:
         ins = self.insns.get(pc)

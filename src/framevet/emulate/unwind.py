@@ -35,7 +35,7 @@ def _lost(m: Machine, regs: list[int], frame: Frame, value: int) -> bool:
     if not 0 < hi - lo <= 1 << 16:
         return True
     try:
-        data = bytes(m.uc.mem_read(lo, hi - lo))
+        data = m.read_mem(lo, hi - lo)
     except Exception:  # noqa: BLE001 - partially unmapped: judge by what is readable
         return True
     return value.to_bytes(8, "little") not in data
