@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import add_report_options, emit, exit_code
+from framevet.cli.common import add_emulator_arguments, add_report_options, emit, exit_code
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +30,9 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--profile", choices=("kernel", "user"), default=None,
                    help="default: kernel for .ko and raw stubs, else user")
     a.add_argument("--hints", metavar="TOML", help="declarations (clobbers, stack_args)")
+    add_emulator_arguments(a)
+    a.add_argument("--abi", choices=("sysv", "ms"), default="sysv",
+                   help="calling convention: ms also requires xmm6-xmm15 back")
     a.set_defaults(func=run)
 
 

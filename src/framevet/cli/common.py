@@ -89,3 +89,19 @@ def exit_code(findings: list[Any], errors: int, fail_on: str) -> int:
     if any(_SEVERITY_RANK.get(f.severity, 1) >= rank for f in findings):
         return EXIT_FINDINGS
     return EXIT_CLEAN
+
+
+#: ``--cpu`` choices (framevet.emulate.bxlib.CPU_MODELS; listed here so that building the
+#: parser does not import the emulators)
+CPU_CHOICES = ("sandybridge", "ivybridge", "haswell", "broadwell", "ryzen", "skylake-x",
+               "cannonlake", "icelake", "tigerlake", "sapphirerapids", "arrowlake")
+
+
+def add_emulator_arguments(p: Any) -> None:
+    """``--emulator`` and ``--cpu`` of ``framevet abi`` and ``framevet diff``."""
+    p.add_argument("--emulator", choices=("auto", "unicorn", "bochs"), default="auto",
+                   help="unicorn, or Bochs (AVX/AVX2/AVX-512); auto: Bochs when the code "
+                   "has AVX instructions unicorn cannot run")
+    p.add_argument("--cpu", choices=CPU_CHOICES, default=None, metavar="MODEL",
+                   help="Bochs CPU model cpuid reports (implies --emulator bochs; default "
+                   "tigerlake): " + ", ".join(CPU_CHOICES))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from framevet.cli.common import add_report_options, emit, exit_code
+from framevet.cli.common import add_emulator_arguments, add_report_options, emit, exit_code
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--compare", default="abi",
                    help="registers compared: abi (callee-saved + rax/rdx), all, or a list")
     d.add_argument("--profile", choices=("kernel", "user"), default=None)
+    add_emulator_arguments(d)
     d.set_defaults(func=run)
 
 

@@ -32,6 +32,7 @@ from framevet.decode import insn as d
 from framevet.emulate import (
     Finding,
     RawTarget,
+    RunStats,
     diff,
     parse_int,
     parse_symbols,
@@ -90,6 +91,12 @@ def read_sidecar(path: str | None, near: str | None) -> tuple[dict[str, list[str
     return clobbers, stack
 
 
+def emulator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--emulator``, ``--cpu`` and ``--abi`` as keyword arguments of the emulate API."""
+    return {"emulator": getattr(args, "emulator", None) or "auto",
+            "cpu": getattr(args, "cpu", None) or None}
+
+
 def _profile(args: argparse.Namespace, default: str) -> str:
     p = getattr(args, "profile", None)
     return p if p in ("user", "kernel") else default
@@ -110,7 +117,8 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
                         symbols=parse_symbols(getattr(args, "symbol", []) or []),
                         max_size=getattr(args, "max_size", None), args_spec=args.args,
                         runs=runs, seed=seed, unwind=unwind, link_with=link_with, path=raw,
-                        profile=_profile(args, "kernel"), clobbers=clobbers)
+                        profile=_profile(args, "kernel"), clobbers=clobbers,
+                        abi=getattr(args, "abi", None) or "sysv", **emulator_options(args))
     else:
         if not file:
             raise InputError("abi", "give FILE --function NAME, or --raw STUB.bin --base ADDR")
@@ -120,16 +128,23 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
         decls, declared = read_declarations(getattr(args, "hints", None), file)
         objs = load_path(file, _cflags(args))
         profile = _profile(args, "kernel" if file.endswith(".ko") else "user")
+        stats = RunStats()
         found = run_abi(objs, function, args.args, runs=runs, seed=seed, unwind=unwind,
-                        profile=profile, clobbers=clobbers, stack_args=stack.get(function, 0))
+                        profile=profile, clobbers=clobbers, stack_args=stack.get(function, 0),
+                        stats=stats, abi=getattr(args, "abi", None) or "sysv",
+                        **emulator_options(args))
         found += run_write_order(objs, function, decls, declared, runs=runs, seed=seed,
                                  profile=profile, args_spec=args.args)
-        return [to_report(f) for f in found] + avx_findings(objs, function, profile)
+        out = [to_report(f) for f in found]
+        if stats.backend == "unicorn":   # Bochs observes the upper halves in the registers
+            out += avx_findings(objs, function, profile)
+        return out
     return [to_report(f) for f in found]
 
 
 def avx_findings(objs: list[LoadedObject], function: str, profile: str) -> list[Any]:
-    """What unicorn cannot run: AVX upper halves left dirty, checked on the code."""
+    """What unicorn cannot run: AVX upper halves left dirty, checked on the code (Bochs
+    runs AVX code and observes the registers instead)."""
     from framevet.pipeline import Options, analyse
 
     out: list[Any] = []
@@ -181,5 +196,6 @@ def run_diff_command(args: argparse.Namespace) -> list[Any]:
     both_raw = isinstance(a, RawTarget) and isinstance(b, RawTarget)
     found = diff(a, b, runs=int(getattr(args, "runs", 16)), seed=int(getattr(args, "seed", 0)),
                  args_spec=getattr(args, "args", None), compare=comp, cflags=cflags,
-                 profile=_profile(args, "kernel" if both_raw else "user"))
+                 profile=_profile(args, "kernel" if both_raw else "user"),
+                 **emulator_options(args))
     return [to_report(f) for f in found]

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from framevet.emulate.abi import AbiJudge, RunStats, clobber_sets
+from framevet.emulate.backend import EMULATORS, choose
+from framevet.emulate.bxlib import CPU_MODELS, DEFAULT_CPU
 from framevet.emulate.diffing import Side, compared_regs, diff_sides
 from framevet.emulate.findings import (
     ABI_VIOLATION,
@@ -50,7 +52,8 @@ from framevet.load import LoadedObject, load_path
 from framevet.load.elf import STT_FUNC
 
 __all__ = [
-    "ABI_VIOLATION", "DIFF_DIVERGENCE", "EMULATION_ERROR", "REL32_REACH", "RULES", "STUB_SIZE",
+    "ABI_VIOLATION", "CPU_MODELS", "DEFAULT_CPU", "DIFF_DIVERGENCE", "EMULATION_ERROR",
+    "EMULATORS", "REL32_REACH", "RULES", "STUB_SIZE",
     "UNWIND_FAILURE", "Budget", "Finding", "FunctionTarget", "RawTarget", "RunStats", "diff",
     "parse_int", "parse_symbols", "parse_target", "run_abi", "run_raw",
 ]
@@ -102,7 +105,8 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
             budget: Budget | None = None, profile: str = "user", unwind: bool = True,
             values: Mapping[str, int] | None = None, link_with: Sequence[LoadedObject] = (),
             check_nested: bool = False, clobbers: Mapping[str, Iterable[str]] | None = None,
-            stack_args: int = 0, stats: RunStats | None = None) -> list[Finding]:
+            stack_args: int = 0, stats: RunStats | None = None, emulator: str = "auto",
+            cpu: str | None = None, abi: str = "sysv") -> list[Finding]:
     """Check ``function`` of ``loaded`` against the x86-64 ABI by running it.
 
     loaded
@@ -139,6 +143,12 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
         caller's frame.
     stats
         a :class:`RunStats` to fill with figures (instructions stepped...).
+    emulator, cpu
+        ``"auto"`` (unicorn unless the code has AVX/AVX2/AVX-512 instructions, then
+        Bochs), ``"unicorn"`` or ``"bochs"``; ``cpu`` (a :data:`CPU_MODELS` name) selects
+        Bochs's CPU model, which ``cpuid`` reports.
+    abi
+        ``"sysv"`` or ``"ms"`` (Microsoft x64: xmm6-xmm15 are callee-saved too).
     """
     specs = parse_args_spec(args_spec)
     budget = budget or Budget()
@@ -149,10 +159,18 @@ def run_abi(loaded: LoadedObject | Sequence[LoadedObject], function: str,
     image = link([target, *link_with], values)
     entry = _entry(image, function, target.display)
     st = stats if stats is not None else RunStats()
+    backend, model = choose(emulator, cpu, [image], st.notes)
     judge = AbiJudge(image, entry, target.display, specs, budget, profile, unwind,
-                     check_nested, st, _clobbers(clobbers), stack_args)
+                     check_nested, st, _clobbers(clobbers), stack_args, backend, model,
+                     _abi(abi))
     judge.run_all(runs, seed)
     return judge.findings(runs) + _reloc_notes(image, target.display)
+
+
+def _abi(abi: str) -> str:
+    if abi not in ("sysv", "ms"):
+        raise InputError("--abi", f"unknown ABI {abi!r} (sysv or ms)")
+    return abi
 
 
 def _clobbers(clobbers: Mapping[str, Iterable[str]] | None) -> dict[str, frozenset[int]]:
@@ -178,7 +196,8 @@ def run_raw(code: bytes, base: int, entry: int = 0, *, symbols: Mapping[str, int
             unwind: bool = True, link_with: Sequence[LoadedObject] = (),
             values: Mapping[str, int] | None = None, path: str = "<raw>",
             name: str = "stub", clobbers: Mapping[str, Iterable[str]] | None = None,
-            stats: RunStats | None = None) -> list[Finding]:
+            stats: RunStats | None = None, emulator: str = "auto", cpu: str | None = None,
+            abi: str = "sysv") -> list[Finding]:
     """Check a raw stub: ``code`` placed at ``base`` (``--raw FILE --base ADDR``).
 
     entry
@@ -206,8 +225,9 @@ def run_raw(code: bytes, base: int, entry: int = 0, *, symbols: Mapping[str, int
     found = stub_checks(code, base, syms, max_size, path, name, entry)
     image = place_raw(code, base, {name: entry}, path, syms, link_with, values)
     st = stats if stats is not None else RunStats()
+    backend, model = choose(emulator, cpu, [image], st.notes)
     judge = AbiJudge(image, base + entry, path, specs, budget, profile, unwind,
-                     False, st, _clobbers(clobbers))
+                     False, st, _clobbers(clobbers), 0, backend, model, _abi(abi))
     judge.run_all(runs, seed)
     return found + judge.findings(runs)
 
@@ -220,9 +240,12 @@ class FunctionTarget:
     function: str
     cflags: list[str] = field(default_factory=list)
     link_with: list[LoadedObject] = field(default_factory=list)
+    #: the objects of ``path`` when already loaded (an archive member, say)
+    loaded: list[LoadedObject] | None = None
 
     def side(self, label: str, values: Mapping[str, int] | None) -> Side:
-        target = _find_function(load_path(self.path, self.cflags), self.function)
+        objs = self.loaded if self.loaded is not None else load_path(self.path, self.cflags)
+        target = _find_function(objs, self.function)
         image = link([target, *self.link_with], values)
         return Side(label, f"{self.path}:{self.function}", image,
                     _entry(image, self.function, target.display), target.display)
@@ -264,7 +287,8 @@ def diff(a_spec: str | FunctionTarget | RawTarget, b_spec: str | FunctionTarget 
          runs: int = 16, seed: int = 0, *, args_spec: str | None = None,
          budget: Budget | None = None, compare: str | Sequence[str] = "abi",
          cflags: Sequence[str] = (), values: Mapping[str, int] | None = None,
-         profile: str = "user", stats: RunStats | None = None) -> list[Finding]:
+         profile: str = "user", stats: RunStats | None = None, emulator: str = "auto",
+         cpu: str | None = None) -> list[Finding]:
     """Run A and B on the same ``runs`` random states; report their first divergence.
 
     a_spec, b_spec
@@ -292,4 +316,9 @@ def diff(a_spec: str | FunctionTarget | RawTarget, b_spec: str | FunctionTarget 
     for label, spec in (("A", a_spec), ("B", b_spec)):
         t = parse_target(spec, cflags) if isinstance(spec, str) else spec
         sides.append(t.side(label, values))
-    return diff_sides(sides[0], sides[1], specs, runs, seed, budget, compare, profile, stats)
+    backend, model = choose(emulator, cpu, [s.image for s in sides],
+                            stats.notes if stats is not None else None)
+    if stats is not None:
+        stats.backend = backend if backend == "unicorn" else f"bochs ({model})"
+    return diff_sides(sides[0], sides[1], specs, runs, seed, budget, compare, profile, stats,
+                      backend, model)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from framevet.emulate.bochs import BochsMachine
+from framevet.emulate.bxlib import DEFAULT_CPU, select_model
+from framevet.emulate.child import Crash, Supervisor
 from framevet.emulate.findings import (
     ABI_VIOLATION,
     EMULATION_ERROR,
@@ -55,6 +59,8 @@ class RunStats:
     rep_iterations: int = 0
     unwind: UnwindStats = field(default_factory=UnwindStats)
     notes: list[str] = field(default_factory=list)
+    #: the emulator that ran the code: "unicorn" or "bochs (MODEL)"
+    backend: str = ""
 
 
 @dataclass
@@ -113,13 +119,16 @@ class AbiJudge:
     def __init__(self, image: Image, entry: int, display: str, specs: list[ArgSpec],
                  budget: Budget, profile: str, unwind: bool, check_nested: bool,
                  stats: RunStats, clobbers: Mapping[str, frozenset[int]] | None = None,
-                 stack_args: int = 0) -> None:
+                 stack_args: int = 0, backend: str = "unicorn", cpu: str = DEFAULT_CPU,
+                 abi: str = "sysv") -> None:
         self.image, self.entry, self.display, self.specs = image, entry, display, specs
         self.budget, self.profile, self.check_nested = budget, profile, check_nested
         self.stats = stats
         self.found: dict[str, _Agg] = {}
         self.clobbers = dict(clobbers or {})
         self.stack_args = stack_args
+        self.backend, self.cpu, self.abi = backend, cpu, abi
+        stats.backend = backend if backend == "unicorn" else f"bochs ({cpu})"
         self.runs_done: int | None = None
         self.checker = UnwindChecker(image, profile, stats.notes, clobbers) if unwind else None
         if self.checker is not None:
@@ -135,40 +144,75 @@ class AbiJudge:
     def machine(self, state: InitialState, observe: bool, **kw: object) -> Machine:
         at = {a: regs for fn, regs in self.clobbers.items()
               if (a := self.image.function_addr(fn)) is not None}
-        return Machine(self.image, state, self.entry, self.budget, self.profile,
+        cls = BochsMachine if self.backend == "bochs" else Machine
+        return cls(self.image, state, self.entry, self.budget, self.profile,
                        self.checker if observe else None, check_nested=self.check_nested,
                        clobbers_at=at, stack_args=self.stack_args, **kw)  # type: ignore[arg-type]
 
     def run_all(self, runs: int, seed: int) -> None:
         """``runs`` runs; after :data:`MAX_RUNAWAY` runs that exhaust their budget the
         rest are skipped (noted in ``stats.notes``): runaway code costs the whole
-        budget each time and more runs would say nothing new."""
+        budget each time and more runs would say nothing new.  Under Bochs every run
+        happens in a supervised child process (:mod:`framevet.emulate.child`)."""
         runaway = 0
-        for run in range(runs):
-            if runaway >= MAX_RUNAWAY:
-                self.stats.notes.append(f"stopped after {run} of {runs} runs: {runaway} "
-                                        f"runs exhausted their budget")
-                self.runs_done = run
-                return
-            state = make_state(self.specs, seed, run)
-            clean = state.with_clean_ints() if state.int_args else state
-            if self.checker is not None:
-                self.checker.run = run
-            res = self.machine(clean, True, record_pcs=bool(state.int_args)).run()
-            self.stats.runs += 1
-            self.stats.instructions += res.steps
-            self.stats.rep_iterations += res.rep_iters
-            self.stats.returned += res.returned
-            self.judge(run, clean, res)
-            if res.fault is not None and res.fault.kind == "runaway":
-                runaway += 1
-                continue
-            if state.int_args:
-                junk = self.machine(state, False, record_pcs=True,
-                                    taint=set(state.int_args)).run()
-                self.stats.instructions += junk.steps
-                self.stats.rep_iterations += junk.rep_iters
-                self.judge_ints(run, state, res, junk)
+        sup = None
+        if self.backend == "bochs":
+            cpu = self.cpu
+            sup = Supervisor(self._run_in_child, 2 * self.budget.seconds + 60,
+                             lambda: select_model(cpu))
+        try:
+            for run in range(runs):
+                if runaway >= MAX_RUNAWAY:
+                    self.stats.notes.append(f"stopped after {run} of {runs} runs: "
+                                            f"{runaway} runs exhausted their budget")
+                    self.runs_done = run
+                    return
+                runaway += self._supervised(sup, run, seed) if sup else self.run_one(run, seed)
+        finally:
+            if sup is not None:
+                sup.close()
+
+    def _supervised(self, sup: Supervisor, run: int, seed: int) -> bool:
+        got = sup.call((run, seed))
+        if isinstance(got, Crash):
+            self.add(run, "emulator-crash", self.entry, f"the run could not be judged: "
+                     f"{got.reason}", EMULATION_ERROR, "warning")
+            return False
+        ran_away, found, failures, stats = got
+        self.found = found
+        self.stats.__dict__.update(stats.__dict__)
+        if self.checker is not None:
+            self.checker.failures = failures
+            self.checker.stats = self.stats.unwind
+        return bool(ran_away)
+
+    def _run_in_child(self, request: tuple[int, int]) -> tuple[bool, Any, Any, RunStats]:
+        run, seed = request
+        ran_away = self.run_one(run, seed)
+        failures = self.checker.failures if self.checker is not None else {}
+        return ran_away, self.found, failures, self.stats
+
+    def run_one(self, run: int, seed: int) -> bool:
+        """One run (and its junk-upper-half rerun); True when it exhausted its budget."""
+        state = make_state(self.specs, seed, run)
+        clean = state.with_clean_ints() if state.int_args else state
+        if self.checker is not None:
+            self.checker.run = run
+        res = self.machine(clean, True, record_pcs=bool(state.int_args)).run()
+        self.stats.runs += 1
+        self.stats.instructions += res.steps
+        self.stats.rep_iterations += res.rep_iters
+        self.stats.returned += res.returned
+        self.judge(run, clean, res)
+        if res.fault is not None and res.fault.kind == "runaway":
+            return True
+        if state.int_args:
+            junk = self.machine(state, False, record_pcs=True,
+                                taint=set(state.int_args)).run()
+            self.stats.instructions += junk.steps
+            self.stats.rep_iterations += junk.rep_iters
+            self.judge_ints(run, state, res, junk)
+        return False
 
     def judge(self, run: int, state: InitialState, res: RunResult) -> None:
         for ev in res.events:
@@ -205,6 +249,24 @@ class AbiJudge:
             pc = res.mmx_last or last
             self.add(run, f"mmx@{pc:x}", pc, f"returns with MMX/x87 state in use (FPU tag word "
                      f"0x{res.fptag:04x}, not empty): no emms after this instruction")
+        if res.upper_dirty:
+            dirt = f"ymm/zmm written at {self.image.describe(res.upper_last)}, " \
+                if res.upper_last else ""
+            self.add(run, f"upper@{last:x}", last, f"return with AVX upper halves dirty "
+                     f"({dirt}no vzeroupper on the way; observed in the registers): SSE code "
+                     f"after it pays the transition penalty")
+        if self.abi == "ms":
+            self._judge_ms_xmm(run, state, res, last)
+
+    def _judge_ms_xmm(self, run: int, state: InitialState, res: RunResult, last: int) -> None:
+        """The Microsoft x64 ABI makes xmm6-xmm15 callee-saved (SysV makes none of them)."""
+        for i in range(6, min(16, len(res.vector), len(state.xmm))):
+            got = res.vector[i] & (1 << 128) - 1
+            if got != state.xmm[i]:
+                self.add(run, f"xmm{i}@{last:x}", last,
+                         f"callee-saved xmm{i} not restored (--abi ms: xmm6-xmm15 are "
+                         f"callee-saved): it returns 0x{got:032x} instead of the caller's "
+                         f"0x{state.xmm[i]:032x}")
 
     def judge_ints(self, run: int, state: InitialState, clean: RunResult,
                    junk: RunResult) -> None:

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from framevet.emulate.abi import trace_lines
-from framevet.emulate.findings import DIFF_DIVERGENCE, Finding, finding_at
+from framevet.emulate.bochs import BochsMachine
+from framevet.emulate.bxlib import DEFAULT_CPU, select_model
+from framevet.emulate.child import Crash, Supervisor
+from framevet.emulate.findings import DIFF_DIVERGENCE, EMULATION_ERROR, Finding, finding_at
 from framevet.emulate.image import Image
 from framevet.emulate.machine import Machine
 from framevet.emulate.records import RunResult
@@ -132,24 +135,49 @@ def first_divergence(a: RunResult, b: RunResult, regs: list[int], mask: int,
 
 def diff_sides(sa: Side, sb: Side, specs: list[ArgSpec], runs: int, seed: int,
                budget: Budget, compare: str | Sequence[str], profile: str,
-               stats: object | None = None) -> list[Finding]:
+               stats: object | None = None, backend: str = "unicorn",
+               cpu: str = DEFAULT_CPU) -> list[Finding]:
     regs, mask = compared_regs(compare)
-    for run in range(runs):
+    cls = BochsMachine if backend == "bochs" else Machine
+
+    def one(run: int) -> tuple[int, int, Finding | None]:
         state = make_state(specs, seed, run)
-        ra = Machine(sa.image, state, sa.entry, budget, profile).run()
-        rb = Machine(sb.image, state, sb.entry, budget, profile).run()
-        if stats is not None:
-            stats.runs += 1                       # type: ignore[attr-defined]
-            stats.instructions += ra.steps + rb.steps  # type: ignore[attr-defined]
-            stats.rep_iterations += ra.rep_iters + rb.rep_iters  # type: ignore[attr-defined]
+        ra = cls(sa.image, state, sa.entry, budget, profile).run()
+        rb = cls(sb.image, state, sb.entry, budget, profile).run()
         d = first_divergence(ra, rb, regs, mask, sa, sb)
-        if d is None:
-            continue
-        words, pa, pb = d
-        trace = [f"A = {sa.name}", *trace_lines(sa.image, ra, prefix="A: "),
-                 f"B = {sb.name}", *trace_lines(sb.image, rb, prefix="B: ")]
-        msg = f"{sa.name} and {sb.name} diverge in run {run} (seed {seed}): {words}"
-        if pb:
-            return [finding_at(sb.image, pb, DIFF_DIVERGENCE, "warning", msg, trace, sb.display)]
-        return [finding_at(sa.image, pa, DIFF_DIVERGENCE, "warning", msg, trace, sa.display)]
-    return []
+        found = None if d is None else _finding(sa, sb, ra, rb, run, seed, d)
+        return ra.steps + rb.steps, ra.rep_iters + rb.rep_iters, found
+
+    sup = Supervisor(one, 2 * budget.seconds + 60, lambda: select_model(cpu)) \
+        if backend == "bochs" else None
+    out: list[Finding] = []
+    try:
+        for run in range(runs):
+            got = sup.call(run) if sup is not None else one(run)
+            if isinstance(got, Crash):
+                out.append(Finding(sb.display, "", "", 0, EMULATION_ERROR, "warning",
+                                   f"run {run} of {sa.name} and {sb.name} could not be "
+                                   f"compared: {got.reason}"))
+                continue
+            steps, reps, found = got
+            if stats is not None:
+                stats.runs += 1                       # type: ignore[attr-defined]
+                stats.instructions += steps           # type: ignore[attr-defined]
+                stats.rep_iterations += reps          # type: ignore[attr-defined]
+            if found is not None:
+                return out + [found]
+    finally:
+        if sup is not None:
+            sup.close()
+    return out
+
+
+def _finding(sa: Side, sb: Side, ra: RunResult, rb: RunResult, run: int, seed: int,
+             d: tuple[str, int, int]) -> Finding:
+    words, pa, pb = d
+    trace = [f"A = {sa.name}", *trace_lines(sa.image, ra, prefix="A: "),
+             f"B = {sb.name}", *trace_lines(sb.image, rb, prefix="B: ")]
+    msg = f"{sa.name} and {sb.name} diverge in run {run} (seed {seed}): {words}"
+    if pb:
+        return finding_at(sb.image, pb, DIFF_DIVERGENCE, "warning", msg, trace, sb.display)
+    return finding_at(sa.image, pa, DIFF_DIVERGENCE, "warning", msg, trace, sa.display)

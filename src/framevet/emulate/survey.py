@@ -6,9 +6,10 @@ instruction with framevet's CFA table and the members' ``.eh_frame``, and
 prints one line per function: runs, instructions stepped, instructions
 unwound with each table, and findings.  docs/emulate.md quotes its output.
 
-Listed: the SSE2 (baseline), SSSE3, SSE4.2 and ERMS variants.  Not listed:
-AVX/AVX2/EVEX variants (unicorn 2.1 has no AVX: the run stops with
-``emulation-error`` at the first VEX instruction), functions reaching locale
+Listed: the SSE2 (baseline), SSSE3, SSE4.2 and ERMS variants (run by unicorn), and with
+``--set avx`` the AVX2 and EVEX (AVX-512VL/BW) variants (run by Bochs, see
+:mod:`framevet.emulate.bochs`); ``--diff`` also runs each of those against its SSE2
+sibling on the same states (``framevet diff``).  Not listed: functions reaching locale
 data through TLS (``strcasecmp``: R_X86_64_GOTTPOFF is not linked), the wide
 string functions that need a wide-NUL-terminated argument (no spec for it),
 and the IFUNC resolvers (they need the dynamic loader's CPU feature data).
@@ -21,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from framevet.emulate import RunStats, run_abi
+from framevet.emulate import FunctionTarget, RunStats, diff, run_abi
 from framevet.emulate.findings import Finding
 from framevet.load.archive import iter_members
 from framevet.load.elf import parse_elf
@@ -77,6 +78,43 @@ LIBC: list[tuple[str, str, str]] = [
 ]
 
 
+#: (member, function, --args, SSE2 sibling member, sibling function): AVX2 and EVEX
+LIBC_AVX: list[tuple[str, str, str, str, str]] = [
+    (f"{base}-{v}.o", f"__{name}_{v}", args, f"{base}-sse2.o", f"__{name}_sse2")
+    for v in ("avx2", "evex")
+    for base, name, args in (
+        ("strlen", "strlen", f"ptr:{N}:str"),
+        ("strnlen", "strnlen", f"ptr:{N}:str,long:0..{N}"),
+        ("strchr", "strchr", f"ptr:{N}:str,int:0..255"),
+        ("strchrnul", "strchrnul", f"ptr:{N}:str,int:0..255"),
+        ("strrchr", "strrchr", f"ptr:{N}:str,int:0..255"),
+        ("rawmemchr", "rawmemchr", f"ptr:{N}:str,int:0..0"),
+        ("memchr", "memchr", f"ptr:{N}:rand,int:0..255,long:0..{N}"),
+        ("memrchr", "memrchr", f"ptr:{N}:rand,int:0..255,long:0..{N}"),
+        ("strcmp", "strcmp", STR2),
+        ("strncmp", "strncmp", f"{STR2},long:0..{N}"),
+        ("memcmpeq", "memcmpeq", f"ptr:{N}:rand,ptr:{N}:copy,long:0..{N}"),
+        ("wmemchr", "wmemchr", f"ptr:{N}:rand,int,long:0..{N // 4}"),
+        ("strcpy", "strcpy", f"ptr:{N},ptr:{N}:str"),
+        ("stpcpy", "stpcpy", f"ptr:{N},ptr:{N}:str"),
+    )
+] + [
+    (f"memcmp-{v}-movbe.o", f"__memcmp_{v}_movbe", f"ptr:{N}:rand,ptr:{N}:copy,long:0..{N}",
+     "memcmp-sse2.o", "__memcmp_sse2") for v in ("avx2", "evex")
+] + [
+    (f"wmemcmp-{v}-movbe.o", f"__wmemcmp_{v}_movbe",
+     f"ptr:{N}:rand,ptr:{N}:copy,long:0..{N // 4}", "wmemcmp-sse2.o", "__wmemcmp_sse2")
+    for v in ("avx2", "evex")
+] + [
+    (f"memmove-{v}-unaligned-erms.o", f"__{fn}_{v}_unaligned{e}", COPY,
+     "memmove-sse2-unaligned-erms.o", f"__{fn}_sse2_unaligned{e}")
+    for v in ("avx", "evex", "avx512") for fn in ("memmove", "mempcpy") for e in ("", "_erms")
+] + [
+    (f"memset-{v}-unaligned-erms.o", f"__memset_{v}_unaligned{e}", SET,
+     "memset-sse2-unaligned-erms.o", f"__memset_sse2_unaligned{e}")
+    for v in ("avx2", "evex", "avx512") for e in ("", "_erms")
+]
+
 WIDTHS = (8, 8, 7, 8, 8, 7)
 
 
@@ -87,6 +125,8 @@ class Row:
     stats: RunStats
     findings: list[Finding]
     seconds: float
+    #: diff against the SSE2 sibling: None when not asked, else its findings
+    diff: list[Finding] | None = None
 
 
 def members(path: str, wanted: set[str]) -> dict[str, LoadedObject]:
@@ -100,17 +140,26 @@ def members(path: str, wanted: set[str]) -> dict[str, LoadedObject]:
 
 
 def survey(path: str = LIBC_A, runs: int = 8, seed: int = 0,
-           only: set[str] | None = None) -> list[Row]:
-    todo = [t for t in LIBC if only is None or t[1] in only]
-    objs = members(path, {m for m, _f, _a in todo})
+           only: set[str] | None = None, which: str = "sse", against_sse2: bool = False
+           ) -> list[Row]:
+    """Run the functions of ``which`` ("sse": :data:`LIBC`, "avx": :data:`LIBC_AVX`);
+    ``against_sse2`` also diffs each AVX function with its SSE2 sibling."""
+    todo = [(m, f, a, "", "") for m, f, a in LIBC] if which == "sse" else list(LIBC_AVX)
+    todo = [t for t in todo if only is None or t[1] in only]
+    objs = members(path, {t[0] for t in todo} | {t[3] for t in todo if t[3]})
     rows = []
-    for member, fn, args in todo:
+    for member, fn, args, sib_member, sibling in todo:
         if member not in objs:
             continue
         st = RunStats()
         t0 = time.monotonic()
         found = run_abi(objs[member], fn, args, runs=runs, seed=seed, values=TUNABLES, stats=st)
-        rows.append(Row(fn, member, st, found, time.monotonic() - t0))
+        row = Row(fn, member, st, found, time.monotonic() - t0)
+        if against_sse2 and sib_member in objs:
+            row.diff = diff(FunctionTarget(path, sibling, loaded=[objs[sib_member]]),
+                            FunctionTarget(path, fn, loaded=[objs[member]]), runs, seed,
+                            args_spec=args, values=TUNABLES)
+        rows.append(row)
     return rows
 
 
@@ -120,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--set", choices=("sse", "avx"), default="sse",
+                    help="sse: the SSE2/SSSE3/SSE4.2/ERMS variants; avx: AVX2 and EVEX")
+    ap.add_argument("--diff", action="store_true",
+                    help="with --set avx: also diff each function with its SSE2 sibling")
     ns = ap.parse_args(argv)
-    rows = survey(ns.archive, ns.runs, ns.seed, set(ns.only) if ns.only else None)
+    rows = survey(ns.archive, ns.runs, ns.seed, set(ns.only) if ns.only else None, ns.set,
+                  ns.diff)
     fv, dw = "framevet's CFA table", "DWARF CFI (.eh_frame)"
     print(f"{'function':32} {'runs':>4} {'executed':>8} {'rep-iter':>8} {'unwound':>7} "
           f"{'rep-iter':>8} {'framevet':>8} {'dwarf':>7} findings")
@@ -133,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                  u.checked.get(fv, 0), u.checked.get(dw, 0)]
         tot = [a + b for a, b in zip(tot, cells, strict=True)]
         bad += bool(r.findings)
+        same = "" if r.diff is None else "  diff: " + (
+            "equivalent" if not r.diff else "DIVERGES")
+        bad += bool(r.diff)
         print(f"{r.function:32} {r.stats.runs:>4} " + " ".join(
             f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True))
-            + f" {len(r.findings)}")
-        for f in r.findings:
+            + f" {len(r.findings)}{same}")
+        for f in [*r.findings, *(r.diff or [])]:
             print(f"    {f.text()}")
     print(f"{'total: ' + str(len(rows)) + ' functions':32} {'':>4} " + " ".join(
         f"{c:>{w}}" for c, w in zip(tot, WIDTHS, strict=True)) + f" {bad} with findings")
