@@ -36,6 +36,7 @@ from framevet.emulate import insn as I
 from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
 from framevet.emulate.image import PAGE, page_down, page_up
 from framevet.emulate.machine import FPCW_INIT, MXCSR_INIT, Fault, Machine, Unmapped
+from framevet.emulate.places import alignment_message
 from framevet.emulate.spec import EXIT_ADDR, RFLAGS, STACK_TOP
 
 _P, _W, _NX = 1, 2, 1 << 63
@@ -331,7 +332,7 @@ class BochsMachine(Machine):
             regs = self.prev or [0] * 18
             ea = ins.mem_addr(regs)
             if ea & 15:
-                return Fault("trap", pc, self.alignment_message(ins, ea, regs))
+                return Fault("trap", pc, alignment_message(ins, ea, regs, self.backend))
         what = _EXC.get(vector, f"exception {vector}")
         where = f" at '{ins.text}'" if ins is not None else ""
         return Fault("trap", pc, f"raises {what}{where}")
@@ -355,6 +356,7 @@ class BochsMachine(Machine):
         s.rip = self.entry
         s.rflags = st.rflags
         s.mxcsr, s.fpcw, s.fptw = MXCSR_INIT, FPCW_INIT, 0xFFFF   # x87 stack empty
+        s.mxcsr_mask = 0xFFFF            # every MXCSR bit writable (DAZ too)
         return s
 
     def run(self) -> Any:

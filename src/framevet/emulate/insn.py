@@ -114,7 +114,9 @@ def decode(code: bytes, addr: int) -> Insn:
     fc = ins.flow_control
     kind = OTHER
     target = 0
-    if fc == FlowControl.CALL:
+    if ins.mnemonic in (Mnemonic.SYSCALL, Mnemonic.SYSENTER):   # iced: flow control CALL
+        kind = SYSCALL
+    elif fc == FlowControl.CALL:
         kind, target = CALL, ins.near_branch_target
     elif fc == FlowControl.INDIRECT_CALL:
         kind = CALL_IND
@@ -122,8 +124,6 @@ def decode(code: bytes, addr: int) -> Insn:
         kind = JMP_IND
     elif fc == FlowControl.RETURN and ins.mnemonic == Mnemonic.RET:
         kind = RET
-    elif ins.mnemonic in (Mnemonic.SYSCALL, Mnemonic.SYSENTER):
-        kind = SYSCALL
     reads: set[int] = set()
     writes: set[int] = set()
     mmx = False

@@ -38,9 +38,9 @@ from unicorn import x86_const as X
 from framevet.emulate import insn as I
 from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
 from framevet.emulate.image import PAGE, Image, page_down, page_up
+from framevet.emulate.places import alignment_message, unmapped_place
 from framevet.emulate.records import Event, Fault, Frame, Observer, RunResult, Unmapped
 from framevet.emulate.spec import (
-    ARG_REGS,
     CALLEE_SAVED,
     CALLER_AREA,
     CALLER_SAVED,
@@ -316,7 +316,7 @@ class Machine:
         if ins.align16:
             ea = ins.mem_addr(regs)
             if ea & 15:
-                self._stop(Fault("trap", addr, self.alignment_message(ins, ea, regs)))
+                self._stop(Fault("trap", addr, alignment_message(ins, ea, regs, self.backend)))
                 return
         if ins.upper:
             self.upper_last = addr if ins.upper > 0 else 0
@@ -337,15 +337,6 @@ class Machine:
             self.mmx_last = 0
         if ins.kind:
             self._control(ins, addr, regs)
-
-    def alignment_message(self, ins: I.Insn, ea: int, regs: list[int]) -> str:
-        hint = ""
-        if ins.ins.memory_base in (I.Register.RSP, I.Register.RBP):
-            hint = (f" (rsp % 16 = {regs[7] % 16} here, although it was called with an "
-                    f"aligned stack: the frame it set up breaks 16-byte alignment)")
-        note = "; unicorn would not fault, the CPU does" if self.backend == "unicorn" else ""
-        return (f"raises #GP: '{ins.text}' needs a 16-byte aligned operand, and 0x{ea:x} "
-                f"is not{hint}{note}")
 
     def _port(self, ins: I.Insn, addr: int, regs: list[int]) -> None:
         """``in``/``out``: unicorn's own hooks answer them (see _on_in)."""
@@ -482,30 +473,7 @@ class Machine:
 
     def where(self, addr: int) -> str:
         """Plain words for an address outside mapped memory."""
-        if self.stack_lo - 64 * PAGE <= addr < self.stack_lo:
-            return (f"0x{addr:x}, {self.stack_lo - addr} bytes below the "
-                    f"{self.budget.stack >> 10} KiB stack (stack overflow into the guard)")
-        if STACK_TOP <= addr < STACK_TOP + PAGE:
-            return f"0x{addr:x}, beyond the {CALLER_AREA} bytes of caller frame mapped"
-        for b in self.state.buffers:
-            end = b.addr + b.size
-            if end <= addr < b.map_start + b.map_size + PAGE:
-                past = "just" if addr == end else f"{addr - end} bytes"
-                return (f"0x{addr:x}, {past} past the end of argument "
-                        f"{b.arg + 1}'s {b.size}-byte buffer")
-            if b.map_start - PAGE <= addr < b.addr:
-                return (f"0x{addr:x}, {b.addr - addr} bytes before argument {b.arg + 1}'s "
-                        f"buffer")
-        if addr < 0x10000:
-            return f"0x{addr:x} (near-NULL pointer)"
-        given = {b.arg for b in self.state.buffers}
-        for i, r in enumerate(ARG_REGS):
-            v = self.state.regs[r]
-            if i not in given and abs(addr - v) < 0x10000:
-                return (f"unmapped address 0x{addr:x} = {REG_NAMES[r]}{addr - v:+#x}, and "
-                        f"{REG_NAMES[r]} held a random value: if argument {i + 1} is a pointer, "
-                        f"say so with --args (ptr:N)")
-        return f"unmapped address 0x{addr:x}"
+        return unmapped_place(addr, self.stack_lo, self.budget, self.state)
 
     def _on_unmapped(self, uc: Uc, access: int, addr: int, size: int, value: int,
                      _d: object) -> bool:
