@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from framevet.emulate import CPU_MODELS, RunStats, diff, run_abi
+from framevet.emulate import CPU_MODELS, RunStats, diff, run_abi, run_raw
 from framevet.emulate.backend import needs_bochs
 from framevet.emulate.bochs import BochsMachine
 from framevet.emulate.child import Crash, Supervisor
@@ -88,11 +88,14 @@ def test_dirty_upper_halves_are_observed_at_return(tmp_path: Path) -> None:
     assert "upper halves dirty" in found[0].message
     assert "observed in the registers" in found[0].message
     assert "colsum_avx2+0x" in found[0].message     # names the last ymm writer
-    # the last writes are 128-bit VEX ones, which zero the upper halves: nothing is dirty
+    # the last writes are 128-bit VEX ones, which zero the upper bits: the state the CPU
+    # tracks is still dirty (only vzeroupper/vzeroall clean it)
     src = (FIX / "avx2-cfi.S").read_text()
-    (tmp_path / "clean.S").write_text(src.replace("\tvzeroupper\n", "", 1))
-    assert run_abi(load_path(str(tmp_path / "clean.S")), "avx2_frame_ok", "ptr:128:rand",
-                   runs=1) == []
+    (tmp_path / "zeroed.S").write_text(src.replace("\tvzeroupper\n", "", 1))
+    found = run_abi(load_path(str(tmp_path / "zeroed.S")), "avx2_frame_ok", "ptr:128:rand",
+                    runs=1)
+    assert [f.rule for f in found] == ["abi-violation"], [f.text() for f in found]
+    assert "upper bits happen to be zero" in found[0].message
 
 
 def test_cpu_model_decides_what_cpuid_says_and_what_executes() -> None:
@@ -174,3 +177,18 @@ def test_glibc_avx2_and_evex_functions_unwind_and_equal_sse2(member: str, functi
     assert diff(FunctionTarget(LIBC_A, sse2, loaded=[objs[sibling]]),
                 FunctionTarget(LIBC_A, function, loaded=[objs[member]]), runs=4,
                 args_spec=args, values=TUNABLES) == []
+
+
+def test_raw_stub_at_a_hypervisor_address_gives_the_same_findings_under_both() -> None:
+    from test_emulate_raw import HELPERS, STUB_VA, old_stub
+
+    rop = load_path(str(FIX / "gpr-switch-rop.S"))
+    runs: dict[str, list[tuple[str, str, int, str]]] = {}
+    for emulator in ("unicorn", "bochs"):
+        stats = RunStats()
+        found = run_raw(old_stub(), STUB_VA, symbols={"host_to_guest_gpr_switch": HELPERS},
+                        link_with=rop, args_spec="ptr:256:rand", runs=3, stats=stats,
+                        emulator=emulator)
+        assert stats.returned == 3 and stats.backend.startswith(emulator)
+        runs[emulator] = sorted((f.rule, f.symbol, f.offset, f.message) for f in found)
+    assert runs["unicorn"] == runs["bochs"] != []

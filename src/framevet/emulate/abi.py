@@ -249,12 +249,14 @@ class AbiJudge:
             pc = res.mmx_last or last
             self.add(run, f"mmx@{pc:x}", pc, f"returns with MMX/x87 state in use (FPU tag word "
                      f"0x{res.fptag:04x}, not empty): no emms after this instruction")
-        if res.upper_dirty:
+        if res.upper_dirty or (res.upper_dirty is not None and res.upper_last):
             dirt = f"ymm/zmm written at {self.image.describe(res.upper_last)}, " \
                 if res.upper_last else ""
+            seen = "observed in the registers" if res.upper_dirty else \
+                "the upper bits happen to be zero, but only vzeroupper makes the state clean"
             self.add(run, f"upper@{last:x}", last, f"return with AVX upper halves dirty "
-                     f"({dirt}no vzeroupper on the way; observed in the registers): SSE code "
-                     f"after it pays the transition penalty")
+                     f"({dirt}no vzeroupper on the way; {seen}): SSE code after it pays "
+                     f"the transition penalty")
         if self.abi == "ms":
             self._judge_ms_xmm(run, state, res, last)
 

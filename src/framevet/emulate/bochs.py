@@ -430,7 +430,7 @@ class BochsMachine(Machine):
         return any(v >> 128 for v in vector[:16])
 
     def _extern_upper(self, name: str, site: int) -> None:
-        if self._upper_dirty([self.vectors.get(i) for i in range(16)]):
+        if self.upper_last or self._upper_dirty([self.vectors.get(i) for i in range(16)]):
             dirt = f" (ymm/zmm written at {self.describe(self.upper_last)})" \
                 if self.upper_last else ""
             self.event(site, f"calls {name} with AVX upper halves dirty{dirt}, no vzeroupper "

@@ -31,7 +31,10 @@ _FULL_TO_DWARF = {
 }
 _READS = (OpAccess.READ, OpAccess.COND_READ, OpAccess.READ_WRITE, OpAccess.READ_COND_WRITE)
 _WRITES = (OpAccess.WRITE, OpAccess.READ_WRITE)
-_ANY_WRITE = (*_WRITES, OpAccess.COND_WRITE, OpAccess.READ_COND_WRITE)
+#: ymm0-15 and zmm0-15: the registers whose upper bits make the AVX upper state dirty
+#: (the EVEX string functions use ymm16-31 precisely because those do not)
+_UPPER_STATE = frozenset([*range(Register.YMM0, Register.YMM15 + 1),
+                          *range(Register.ZMM0, Register.ZMM15 + 1)])
 _EMMS = (Mnemonic.EMMS, Mnemonic.FEMMS)
 _SIMD_STATE = (Mnemonic.FXRSTOR, Mnemonic.FXRSTOR64, Mnemonic.XRSTOR, Mnemonic.XRSTOR64,
                Mnemonic.FNINIT, Mnemonic.FINIT)
@@ -150,10 +153,9 @@ def decode(code: bytes, addr: int) -> Insn:
     upper = 0
     if valid and mn in (Mnemonic.VZEROUPPER, Mnemonic.VZEROALL):
         upper = -1
-    elif vex and any(u.access in _ANY_WRITE and (RegisterExt.is_ymm(u.register)
-                                              or RegisterExt.is_zmm(u.register))
-                     for u in _info.info(ins).used_registers()):
-        upper = 1
+    elif vex and ins.op_count and ins.op0_kind == OpKind.REGISTER \
+            and ins.op0_register in _UPPER_STATE:
+        upper = 1          # a 256/512-bit destination (iced lists every VEX write as zmm)
     port = {Mnemonic.IN: 1, Mnemonic.OUT: 2}.get(mn, 0) if valid else 0
     has_mem = valid and any(ins.op_kind(i) == OpKind.MEMORY for i in range(ins.op_count))
     mem_size = MemorySizeExt.size(ins.memory_size) if has_mem else 0
