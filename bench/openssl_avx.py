@@ -28,8 +28,10 @@ SHA256 = "libcrypto-lib-sha256-x86_64.o"
 #: ChaCha20_ctr32(out, in, len, key[8], counter[4]); sha256 block(state[8], data, blocks)
 CHACHA_ARGS = "ptr:1024,ptr:1024:rand,long:1..1024,ptr:32:rand,ptr:16:rand"
 SHA_ARGS = "ptr:32:rand,ptr:256:rand,long:1..4"
+#: (ChaCha20_ssse3 is left out: for long inputs it dispatches on r10, which its caller
+#: ChaCha20_ctr32 loads from OPENSSL_ia32cap_P, so called directly it branches at random)
 FUNCTIONS = [(CHACHA, "ChaCha20_8x", CHACHA_ARGS), (CHACHA, "ChaCha20_avx512", CHACHA_ARGS),
-             (CHACHA, "ChaCha20_avx512vl", CHACHA_ARGS), (CHACHA, "ChaCha20_ssse3", CHACHA_ARGS),
+             (CHACHA, "ChaCha20_avx512vl", CHACHA_ARGS),
              (SHA256, "sha256_block_data_order_avx2", SHA_ARGS),
              (SHA256, "sha256_block_data_order_ssse3", SHA_ARGS)]
 

@@ -192,3 +192,14 @@ def test_raw_stub_at_a_hypervisor_address_gives_the_same_findings_under_both() -
         assert stats.returned == 3 and stats.backend.startswith(emulator)
         runs[emulator] = sorted((f.rule, f.symbol, f.offset, f.message) for f in found)
     assert runs["unicorn"] == runs["bochs"] != []
+
+
+def test_cfa_expression_adding_after_the_load_unwinds() -> None:
+    """OpenSSL's realigned AVX2 frames: CFA = [rsp+56] + 8 (``DW_OP_plus_uconst`` after
+    ``DW_OP_deref``); the add used to be dropped, so every step unwound 8 bytes short."""
+    path = str(FIX / "cfa-deref.S")
+    found = run_abi(load_path(path), "realigned_avx2", "ptr:32:rand", runs=2)
+    assert not [f for f in found if f.message.startswith(f"unwinding with {DWARF}")], \
+        [f.text() for f in found]
+    # framevet's own table follows the slot too, until rsp is reloaded from it (+0x27)
+    assert all(f.offset >= 0x27 for f in found), [f.text() for f in found]

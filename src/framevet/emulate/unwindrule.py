@@ -31,6 +31,8 @@ class Rule:
     cfa_off: int = 0
     #: (DWARF reg, HOW_*, offset or register, base register for HOW_ATREG else -1)
     regs: tuple[tuple[int, int, int, int], ...] = ()
+    #: CFA_DEREF: added after the load (OpenSSL's ``breg7 88; deref; plus_uconst 8``)
+    cfa_post: int = 0
 
     def text(self) -> str:
         if self.cfa_kind == CFA_UNDEFINED:
@@ -38,7 +40,8 @@ class Rule:
         if self.cfa_kind == CFA_UNSUPPORTED:
             return "cfa=<expression>"
         base = f"{REG_NAMES[self.cfa_reg]}{self.cfa_off:+d}" if 0 <= self.cfa_reg < 17 else "?"
-        parts = [f"cfa={base}" if self.cfa_kind == CFA_REG else f"cfa=[{base}]"]
+        post = f"{self.cfa_post:+d}" if self.cfa_post else ""
+        parts = [f"cfa={base}" if self.cfa_kind == CFA_REG else f"cfa=[{base}]{post}"]
         for r, how, arg, breg in self.regs:
             name = "ra" if r == RA else REG_NAMES[r] if r < 16 else f"r{r}"
             parts.append({HOW_AT: f"{name}=cfa{arg:+d}", HOW_VAL: f"{name}=val(cfa{arg:+d})",
@@ -84,7 +87,7 @@ def from_cfarule(c: CfaRule, ra_reg: int = RA) -> Rule:
         else:
             regs.append((r, HOW_UNSUPPORTED, 0, -1))
     regs.sort()
-    return Rule(kind, c.reg, c.off, tuple(regs))
+    return Rule(kind, c.reg, c.off, tuple(regs), getattr(c, "post", 0))
 
 
 def recover(rule: Rule, regs: list[int], read64: Callable[[int], int | None],
@@ -107,6 +110,7 @@ def recover(rule: Rule, regs: list[int], read64: Callable[[int], int | None],
         cfa = read64(cfa) if cfa is not None else None
         if cfa is None:
             return ["dereferences unmapped memory for the CFA"]
+        cfa = (cfa + rule.cfa_post) & (1 << 64) - 1
     assert cfa is not None
     if cfa != frame.cfa:
         return [f"computes CFA 0x{cfa:x} but the caller's rsp is 0x{frame.cfa:x} "
