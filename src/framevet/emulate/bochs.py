@@ -33,7 +33,7 @@ from typing import Any
 
 from framevet.emulate import bxlib
 from framevet.emulate import insn as I
-from framevet.emulate.findings import ABI_VIOLATION, EMULATION_ERROR
+from framevet.emulate.findings import EMULATION_ERROR
 from framevet.emulate.image import PAGE, page_down, page_up
 from framevet.emulate.machine import FPCW_INIT, MXCSR_INIT, Fault, Machine, Unmapped
 from framevet.emulate.places import alignment_message
@@ -446,10 +446,11 @@ class BochsMachine(Machine):
             self.set_gpr(0, keep | value)
         self.set_pc(addr + ins.length)
 
+
 def _segment(bx: Any, selector: int, attr: int) -> Any:
     s = bx.Segment()
     s.present, s.selector, s.base, s.limit, s.attr = True, selector, 0, 0xFFFF_FFFF, attr
     return s
 
 
-__all__ = ["ABI_VIOLATION", "BochsMachine", "I"]
+__all__ = ["BochsMachine"]
