@@ -20,7 +20,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from framevet.emulate import RunStats, run_abi  # noqa: E402
+from framevet.emulate import Budget, RunStats, run_abi  # noqa: E402
 from framevet.emulate.survey import members  # noqa: E402
 
 CHACHA = "libcrypto-lib-chacha-x86_64.o"
@@ -45,7 +45,9 @@ def main() -> int:
     fv, dw = "framevet's CFA table", "DWARF CFI (.eh_frame)"
     for member, fn, args in FUNCTIONS:
         st = RunStats()
-        found = run_abi(objs[member], fn, args, runs=ns.runs, stats=st)
+        # a generous clock: the step budget bounds the run, a loaded machine should not
+        found = run_abi(objs[member], fn, args, runs=ns.runs, stats=st,
+                        budget=Budget(seconds=120.0))
         u = st.unwind
         print(f"{fn:30} {st.backend:18} returned {st.returned}/{st.runs} executed "
               f"{st.instructions:6} unwound {u.steps:6} framevet {u.checked.get(fv, 0):6} "
