@@ -14,6 +14,8 @@ UNDEFINED, CFA, SP_INDIRECT, BP_INDIRECT = -1, -2, -3, -4
 #: OpenSSL's perlasm saves the pre-realignment rsp in a stack slot
 #: (``mov %rax, 88(%rsp)``; ``.cfi_cfa_expression %rsp+88,deref,+8``).
 USER_SP_DEREF = -5
+#: a value base: the register held a copy of rsp and has been overwritten since
+STALE = -6
 RA = 16
 NREGS = 17
 

@@ -21,6 +21,7 @@ from framevet.decode.state import (
     SP_INDIRECT,
     STACK,
     STACK_UNKNOWN,
+    STALE,
     T_REGS,
     T_REGS_PARTIAL,
     TYPE,
@@ -29,6 +30,7 @@ from framevet.decode.state import (
     restore_reg,
     save_reg,
 )
+from framevet.stack.rspcopies import on_new_stack, switch_to_new_stack
 from framevet.stack.userframe import copy_of_cfa
 from framevet.stack.usermodel import (
     user_drap_lea,
@@ -48,7 +50,7 @@ def update_cfi(w: Walker, g: int, s: list[int], op: d.StackOp) -> None:
     """objtool's update_cfi_state(): one stack operation applied to state ``s``."""
     dtype, dreg, doff, stype, sreg, soff = op
     if s[CFA_BASE] == UNDEFINED:
-        if w.prog.func[g] >= 0:
+        if w.prog.func[g] >= 0 and not on_new_stack(s):
             w.warn(g, "undefined-stack-state", "undefined stack state")
         return
     if s[TYPE] == T_REGS or s[TYPE] == T_REGS_PARTIAL:
@@ -171,6 +173,8 @@ def _mov_reg(s: list[int], dreg: int, sreg: int) -> None:
         elif (s[CFA_BASE] == d.SP and s[VALS + 2 * sreg] == SP_INDIRECT
               and s[VALS + 2 * sreg + 1] == s[CFA_OFF]):
             s[CFA_BASE] = SP_INDIRECT                        # stack swizzle
+        elif s[VALS + 2 * sreg] == STALE:
+            switch_to_new_stack(s)                           # mov %reg, %rsp (new stack)
         else:
             s[CFA_BASE] = UNDEFINED
             s[CFA_OFF] = 0

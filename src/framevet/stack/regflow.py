@@ -32,6 +32,7 @@ from framevet.decode.state import (
     STACK,
     UNDEFINED,
 )
+from framevet.stack.rspcopies import on_new_stack
 
 #: where rbp's save rule sits in an interned CFI tuple
 REGS_BP = 9 + 2 * d.BP
@@ -151,12 +152,25 @@ def callee_saved_clobbers(prog: Program, cfi: list[tuple[int, ...] | None], fi: 
     state_in, _ = _flow(prog, cfi, fi, summaries or {})
     out = []
     for g, st in sorted(state_in.items()):
-        if prog.kind[g] == d.RETURN or is_sibling_call(prog, g):
+        c = cfi[g]
+        if c is not None and on_new_stack(c):
+            continue            # (nothing of the caller's frame is on a new stack)
+        if prog.kind[g] == d.RETURN or (is_sibling_call(prog, g)
+                                        and not _noreturn_tail_call(prog, g)):
             bad = tuple(r for i, r in enumerate(TRACKED)
                         if not st[i] >> r & 1 and r not in allowed)
             if bad:
                 out.append(Clobber(g, bad))
     return out
+
+
+def _noreturn_tail_call(prog: Program, g: int) -> bool:
+    """A tail call into a function that never returns: nothing goes back to the
+    caller on this path, so it owes the caller no register."""
+    jd = prog.jump_dest[g]
+    if jd >= 0 and prog.func[jd] >= 0:
+        return is_noreturn(prog, prog.functions[prog.func[jd]].sym)
+    return is_noreturn(prog, prog.call_dest[g])
 
 
 def places(prog: Program, cfi: list[tuple[int, ...] | None],

@@ -26,6 +26,7 @@ from framevet.decode.state import (
     VALS,
 )
 from framevet.load.elf import Symbol
+from framevet.stack.rspcopies import on_new_stack
 from framevet.stack.uaccess import UACCESS_SAFE
 from framevet.stack.walkresult import WalkOptions, Warning
 
@@ -131,7 +132,7 @@ class TransferChecks:
                           "sibling call from callable instruction with modified stack frame",
                           fatal=False)
             return
-        if _modified_frame(state):
+        if _modified_frame(state) and not on_new_stack(state):
             self.warn(g, "sibling-call-modified-frame",
                       "sibling call from callable instruction with modified stack frame",
                       fatal=False)

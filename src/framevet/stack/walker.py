@@ -36,6 +36,7 @@ from framevet.decode.state import (
 )
 from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
 from framevet.stack.effects import update_cfi
+from framevet.stack.rspcopies import copy_killers, forget_stale_copies, join_new_stack
 from framevet.stack.transfers import _END, TransferChecks
 from framevet.stack.usermodel import user_after
 from framevet.stack.walkresult import WalkAborted, WalkOptions, WalkResult, Warning
@@ -67,6 +68,8 @@ class Walker(TransferChecks):
         self._marked: tuple[tuple[int, ...], set[int], set[int]] | None = None
         self._fparent: list[int] | None = None
         self._pv: PvOps | None = None
+        #: instructions that overwrite a register some ``mov %reg,%rsp`` reads
+        self.copy_killers = copy_killers(prog)
 
     # -- reporting -------------------------------------------------------
     def warn(self, g: int, rule: str, msg: str, fatal: bool = True, sec: int = -1) -> None:
@@ -180,6 +183,7 @@ class Walker(TransferChecks):
         sec_of, sec_last = prog.sec_of, prog.sec_last
         marked, special, fparent = self._lookups()
         pushf = self.opts.uaccess
+        killers = self.copy_killers
         # (instruction, state, phase, section the validate_branch() call started in)
         stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
         while stack:
@@ -199,7 +203,12 @@ class Walker(TransferChecks):
                     is_hint = is_marked and self._hint_at(func, g, wsec)
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
-                    if v & 3:
+                    joined = 0 if is_hint or not v & 3 else join_new_stack(cfi_l[g], state)
+                    if joined > 0:
+                        break
+                    if joined < 0:
+                        v = 0
+                    elif v & 3:
                         if not is_hint and not self._cfi_match(g, state):
                             return
                         if v & vbit:
@@ -229,6 +238,8 @@ class Walker(TransferChecks):
                 k = kind[g]
                 ops = ops_l[g]
                 base0 = state[CFA_BASE]
+                if killers and (kill := killers.get(g)) and forget_stale_copies(state, kill):
+                    snap = None
                 if ops is not None:
                     for op in ops:
                         update_cfi(self, g, state, op)
