@@ -98,6 +98,14 @@ def _discard_sections(prog: Program, h: Hints) -> None:
     _paravirt_sites(prog, h)
 
 
+def _drop_problems(prog: Program, g: int, rule: str) -> None:
+    """The program was built before the sidecar was read: what it reported at ``g``
+    that a declaration answers is withdrawn."""
+    sec, off = prog.sec_of[g], prog.off[g]
+    prog.problems[:] = [p for p in prog.problems
+                        if not (p.rule == rule and p.sec == sec and p.off == off)]
+
+
 def _rel32(prog: Program, g: int) -> int:
     data = prog.elf.sections[prog.sec_of[g]].data
     end = prog.off[g] + prog.length[g]
@@ -129,6 +137,8 @@ def _sidecar(path: str, prog: Program, h: Hints) -> None:
             prog.kind[g] = d.JUMP_UNCOND
             prog.jump_dest[g] = dest
             prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
+            prog.intra_calls.add(g)
+            _drop_problems(prog, g, "unannotated-intra-function-call")
     for f in prog.functions:
         decl = h.functions.get(f.name)
         if decl is None or decl.entry == "call" and not decl.extra_words:
