@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from framevet.cfg.noreturn import is_noreturn
 from framevet.decode import insn as d
 from framevet.decode.state import UNDEFINED
 from framevet.load.elf import STB_LOCAL, STT_SECTION
@@ -46,8 +47,8 @@ def check(ctx: Context) -> Iterator[Finding]:
         if decl is not None and decl.entry != "call":
             continue  # entry stubs do not return to a C caller
         allowed = decl.clobbers if decl is not None else frozenset()
-        if f.name.lstrip("_") in CONTEXT_SWITCHERS:
-            continue
+        if f.name.lstrip("_") in CONTEXT_SWITCHERS or is_noreturn(prog, f.sym):
+            continue  # (a function that never returns owes its caller nothing)
         for c in callee_saved_clobbers(prog, cfi, fi, allowed, summaries):
             names = ", ".join(d.REG_NAMES[r] for r in c.regs)
             what = "return" if prog.kind[c.gid] == d.RETURN else "tail call"
