@@ -59,7 +59,8 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
                    [], profile=profile)
     prog.secmap = {ds.index: ds for ds in decoded}
     prog.sec_last = bytearray(n)
-    prog.strict = profile == "kernel" and elf.section(".gnu.linkonce.this_module") is None
+    prog.strict = (profile == "kernel" and elf.relocatable
+                   and elf.section(".gnu.linkonce.this_module") is None)
     prog.uaccess, prog.ibt = uaccess, ibt
     for ds in decoded:
         b = base[ds.index]
@@ -266,13 +267,17 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
             else:
                 continue
         dg = prog.gid(dest_sec, dest_off)
-        if dg < 0 and prog.profile == "user":
+        if dg < 0:
             dg = _past_prefixes(prog, dest_sec, dest_off)
         if dg < 0:
             prog.problem("jump-dest-missing", f"can't find jump dest instruction at "
                          f"{prog.section_name(dest_sec)}+0x{dest_off:x}", g, fatal=True)
             continue
         fi, fd = prog.func[g], prog.func[dg]
+        if _return_thunk_jump(prog, g, dg):
+            kind[g] = d.RETURN
+            prog.return_thunks.add(g)
+            continue
         if fi >= 0 and fd >= 0 and fi != fd:
             fn, fdn = prog.functions[fi], prog.functions[fd]
             if ".cold" not in fn.name and ".cold" in fdn.name:
@@ -303,7 +308,7 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
         if s.defined and s.type not in (STT_SECTION, STT_FILE):
             if s.size:
                 any_at.setdefault((s.shndx, s.offset), s)
-            elif strict:
+            elif strict or not elf.relocatable:
                 named_at.setdefault((s.shndx, s.offset), s)
     for g, k in enumerate(kind):
         if k != d.CALL:
@@ -319,6 +324,9 @@ def _call_destinations(prog: Program, target: list[int]) -> None:
                 if checked:
                     prog.problem("unannotated-intra-function-call",
                                  "unannotated intra-function call", g, fatal=True)
+                if checked or not elf.relocatable:
+                    # (linked: a call to an assembly label such as Xen's
+                    # create_bounce_frame is a call, as the linker's symbol says)
                     dest = named_at.get(key)
                 if dest is None and key[0] != sec and not prog.elf.relocatable:
                     # a linked image's call into the PLT (or another section with no
@@ -359,7 +367,8 @@ _PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
 
 
 def _past_prefixes(prog: Program, sec: int, off: int) -> int:
-    """glibc's single-thread fast path jumps over a ``lock`` prefix into the middle
+    """glibc's single-thread fast path (``je 1f; lock; 1: cmpxchg``) and Xen's
+    emulator (``jrcxz 1f; lock; 1: xor``) jump over a ``lock`` prefix into the middle
     of the instruction: the target is that instruction, minus its prefixes."""
     g = prog.containing(sec, off)
     if g < 0 or prog.off[g] == off:
@@ -367,6 +376,14 @@ def _past_prefixes(prog: Program, sec: int, off: int) -> int:
     start = prog.off[g]
     data = prog.elf.sections[sec].data
     return g if all(b in _PREFIXES for b in data[start:off]) else -1
+
+
+def _return_thunk_jump(prog: Program, g: int, dg: int) -> bool:
+    """A linked image has no relocation naming ``__x86_return_thunk``: a jump to
+    another function whose first instruction is ``ret`` returns, whatever its name."""
+    fd = prog.func[dg]
+    return (not prog.elf.relocatable and prog.kind[dg] == d.RETURN and fd >= 0
+            and fd != prog.func[g] and prog.off[dg] == prog.functions[fd].start)
 
 
 def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:

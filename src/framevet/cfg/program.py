@@ -148,8 +148,9 @@ class Program:
                 fatal: bool = False) -> None:
         """Record a problem at instruction ``g``, at ``(section, offset)`` or nowhere."""
         sec, off = (self.sec_of[g], self.off[g]) if g >= 0 else at or (-1, 0)
-        self.problems.append(Problem(rule, message, sec, off,
-                                     fatal and self.profile == "kernel", self.phase))
+        # objtool abandons an object, never a linked image (framevet goes on there)
+        self.problems.append(Problem(rule, message, sec, off, fatal and self.profile == "kernel"
+                                     and self.elf.relocatable, self.phase))
 
     @property
     def aborted(self) -> Problem | None:
