@@ -10,6 +10,7 @@ from bisect import bisect_left
 
 from framevet.cfg import objtool_annotations as ann
 from framevet.cfg.alternatives import add_special_alts
+from framevet.cfg.coderanges import LeftOut, decode_linked
 from framevet.cfg.jumptable import add_jump_tables
 from framevet.cfg.program import (
     BUGFLAG_WARNING,
@@ -32,11 +33,20 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
     objtool's annotations in objtool's order."""
     syms_by_sec = elf.symbols_by_section()
     decoded: list[DecodedSection] = []
+    left_out: list[LeftOut] = []
+    not_code = 0
     for sec in elf.sections:
         if not sec.executable or sec.name.startswith(".discard.") or not sec.data:
             continue
-        funcs = [s for s in syms_by_sec.get(sec.index, ()) if s.type == STT_FUNC]
-        decoded.append(decode_section(sec.index, sec.name, sec.data, _iret_probe(funcs)))
+        syms = syms_by_sec.get(sec.index, [])
+        funcs = [s for s in syms if s.type == STT_FUNC]
+        if elf.relocatable:
+            decoded.append(decode_section(sec.index, sec.name, sec.data, _iret_probe(funcs)))
+            continue
+        ds, left, skipped = decode_linked(sec, syms, _iret_probe(funcs))
+        decoded.append(ds)
+        left_out.extend(left)
+        not_code += skipped
 
     base: dict[int, int] = {}
     sec_of: list[int] = []
@@ -62,6 +72,7 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
     prog.strict = (profile == "kernel" and elf.relocatable
                    and elf.section(".gnu.linkonce.this_module") is None)
     prog.uaccess, prog.ibt = uaccess, ibt
+    prog.left_out, prog.not_code_bytes = left_out, not_code
     for ds in decoded:
         b = base[ds.index]
         if len(ds):
@@ -76,6 +87,12 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
         for name in missing_start.get(ds.index, ()):
             prog.problem("missing-function-start", f"{name}(): can't find starting instruction",
                          fatal=True)
+    for x in left_out:
+        name = elf.sections[x.sec].name
+        what = x.symbol or f"{name}+0x{x.start:x}"
+        prog.problem("code-left-out", f"{what}: {x.end - x.start} bytes left out, no x86-64 "
+                     f"code: can't decode instruction at {name}:0x{x.invalid:x}",
+                     at=(x.sec, x.start))
     ann.read_ignores(prog)
     ann.read_ignore_alts(prog)
     ann.read_noendbr(prog)
@@ -213,7 +230,7 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> dict[int,
             continue
         g = prog.gid(f.sec, f.start)
         if g < 0:
-            if f.start < prog.elf.sections[f.sec].size:
+            if f.start < prog.elf.sections[f.sec].size and not _left_out(prog, f.sec, f.start):
                 missing.setdefault(f.sec, []).append(f.name)
             continue
         ds = prog.secmap[f.sec]
@@ -222,6 +239,10 @@ def _functions(prog: Program, syms_by_sec: dict[int, list[Symbol]]) -> dict[int,
         if end > g:
             func[g:end] = [i] * (end - g)
     return missing
+
+
+def _left_out(prog: Program, sec: int, off: int) -> bool:
+    return any(x.sec == sec and x.start <= off < x.end for x in prog.left_out)
 
 
 def _reloc_target(prog: Program, sec_index: int, off: int) -> tuple[int, int] | None:

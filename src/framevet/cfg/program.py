@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import iced_x86
 
+from framevet.cfg.coderanges import LeftOut
 from framevet.decode import insn as d
 from framevet.decode.insn import DecodedSection
 from framevet.load.elf import (
@@ -123,6 +124,10 @@ class Program:
     noreturn_cache: dict[int, bool] = field(default_factory=dict)
     #: decode/annotation problems in objtool's order (``notes`` is the legacy form)
     problems: list[Problem] = field(default_factory=list)
+    #: linked images: stretches of executable sections that are no x86-64 code
+    #: (:mod:`framevet.cfg.coderanges`), and how many bytes were not decoded in all
+    left_out: list[LeftOut] = field(default_factory=list)
+    not_code_bytes: int = 0
     phase: int = P_ELF
     #: an unlinked kernel object: objtool's rules for what aborts the file apply as they
     #: are (a linked module has lost the annotations they depend on)

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     ctx = analyse(obj, Options(profile=args.profile, all_warnings=False, hints_file=args.hints,
                                objtool_only=True, orc_only=True))
     rows = generate(ctx.prog, ctx.result)
+    for p in ctx.prog.problems:     # (a linked image goes on without what it left out)
+        if p.rule == "code-left-out":
+            print(ctx.finding_at(p.sec, p.off, p.rule, p.message).text(), file=sys.stderr)
     if not rows and _refused(ctx):
         return EXIT_FINDINGS
     if args.dump:

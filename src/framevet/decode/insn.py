@@ -12,6 +12,7 @@ instructions never touch it, ``enter`` is not modelled.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import iced_x86
@@ -243,15 +244,17 @@ class DecodedSection:
 
 
 def decode_section(index: int, name: str, data: bytes, iret_is_func: object = None,
-                   ) -> DecodedSection:
+                   skip: list[tuple[int, int]] | None = None) -> DecodedSection:
     """Decode ``data`` (a whole section).  ``iret_is_func(off)`` says whether an
-    ``iret`` at ``off`` is inside an STT_FUNC symbol (sync_core's IRET-to-self)."""
+    ``iret`` at ``off`` is inside an STT_FUNC symbol (sync_core's IRET-to-self).
+    The sorted, disjoint ``[start, end)`` ranges of ``skip`` are not code."""
     ds = DecodedSection(index, name, len(data))
     off_l, len_l, kind_l, ops_l, tgt_l = ds.off, ds.length, ds.kind, ds.ops, ds.target
     table = _TABLE
     invalid_code = Code.INVALID
     vm_launch, vm_resume = Code.VMLAUNCH, Code.VMRESUME
-    decoder = iced_x86.Decoder(64, data, ip=0)
+    decoder: Iterable[iced_x86.Instruction] = (
+        _outside(data, skip) if skip else iced_x86.Decoder(64, data, ip=0))
     cs_writes = ds.cs_writes
     cs_reg = _CS_REG
     reads_op0 = _READS_OP0
@@ -359,6 +362,15 @@ def _classify(ds: DecodedSection, ins: iced_x86.Instruction, cat: int, data: byt
             ds.problems.append((ip, "enqcmd-instruction",
                                 f"ENQCMD instruction at {ds.name}:{ip:x}", False))
     return kind, ops, tgt
+
+
+def _outside(data: bytes, skip: list[tuple[int, int]]) -> Iterator[iced_x86.Instruction]:
+    """The instructions of ``data`` outside the ``skip`` ranges."""
+    pos = 0
+    for start, end in [*skip, (len(data), len(data))]:
+        if start > pos:
+            yield from iced_x86.Decoder(64, data[pos:start], ip=pos)
+        pos = max(pos, end)
 
 
 _LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")

@@ -38,6 +38,16 @@ _rule("undecodable-instruction", "bytes in code that do not decode (fatal)",
       "bytes in an executable section that are no x86-64 instruction (data in .text, a "
       "truncated instruction at the end of a section)", _FATAL,
       "keep data out of executable sections", "can't decode instruction at %s:0x%lx")
+register(Rule(
+    "code-left-out", "a linked image's stretch of code that is no x86-64 code",
+    "in a linked image (hypervisor, vmlinux), the bytes from a symbol to the next where "
+    "something does not decode as x86-64: 16- or 32-bit boot code, a trampoline, data "
+    "without an STT_OBJECT symbol; framevet leaves the stretch out and goes on",
+    "nothing in the stretch is walked, checked or described by ORC: say so rather than "
+    "abandon the file (objtool abandons an object on its first undecodable byte)",
+    "nothing to fix if the stretch is meant to be 16/32-bit code or data; give data an "
+    "STT_OBJECT symbol (.type x,@object; .size) so it is known as data",
+    severity="note", family="framevet"))
 _rule("invalid-lea-encoding", "lea with a register operand",
       "lea whose ModRM byte names a register (mod = 3), which raises #UD",
       "the bytes are no valid instruction; a code generator or hand-written .byte is wrong",
