@@ -44,6 +44,8 @@ class Options:
     objtool_only: bool = False
     #: only the walk (ORC generation): no post-walk rules
     orc_only: bool = False
+    #: check --stats: the walk's coverage is printed
+    stats: bool = False
 
 
 @dataclass

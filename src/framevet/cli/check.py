@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--objtool-only", action="store_true",
                    help="only objtool 6.1's checks, stopping each function at its first "
                         "warning exactly as objtool does")
+    c.add_argument("--stats", action="store_true",
+                   help="also print, per file on stderr, how many instructions the walk "
+                        "reached, how many it never reached, how many bytes are not code")
     c.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: cores)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=run)
@@ -42,7 +45,7 @@ def options(args: argparse.Namespace) -> Options:
         unret=args.unret, orc=args.orc, link=args.link or args.noinstr or args.ibt or args.unret,
         disabled=frozenset(x for x in args.disable.split(",") if x),
         all_warnings=not args.objtool_only, hints_file=args.hints,
-        objtool_only=args.objtool_only, module=args.module)
+        objtool_only=args.objtool_only, module=args.module, stats=args.stats)
 
 
 def run(args: argparse.Namespace) -> int:

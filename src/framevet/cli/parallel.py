@@ -20,6 +20,7 @@ from framevet.findings import Finding, Location
 from framevet.load import load_path
 from framevet.load.inputs import archive_size
 from framevet.pipeline import Options, analyse
+from framevet.stack.coverage import coverage
 from framevet.unwind.cficheck import check_cfi
 
 ARCHIVE_CHUNK = 48
@@ -37,7 +38,11 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
                 found: Iterable[Finding] = check_cfi(obj)
             else:
                 assert options is not None
-                found = analyse(obj, options).findings
+                ctx = analyse(obj, options)
+                found = ctx.findings
+                if options.stats:
+                    reach = coverage(ctx.prog, ctx.result.visited)
+                    print(f"{obj.display}: stats: {reach.text()}", file=sys.stderr, flush=True)
             out.extend(asdict(f) for f in found)
         return out, ""
     except InputError as exc:
