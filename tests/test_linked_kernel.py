@@ -102,3 +102,18 @@ def test_orc_read_of_a_linked_image(tmp_path: Path) -> None:
     read = fv("orc", "--read", str(image))
     assert read.returncode == 0, read.stderr
     assert read.stdout == fv("orc", "--dump", str(obj)).stdout
+
+
+def test_foreign_code_and_data_are_left_out(tmp_path: Path) -> None:
+    # 32-bit boot code does not decode as x86-64: its stretch is left out, with a note,
+    # and the STT_OBJECT GDT is data; the 64-bit function is walked as usual
+    image = _link("foreign-code", tmp_path)
+    out = fv("check", "--stats", image)
+    assert out.returncode == 0, out.stdout
+    assert "boot32: 11 bytes left out" in out.stdout and "[code-left-out]" in out.stdout
+    assert "undecodable-instruction" not in out.stdout
+    assert "3 instructions walked (100.00 % of the code)" in out.stderr
+    assert "27 bytes treated as data or left out" in out.stderr
+    dump = fv("orc", "--dump", image)
+    assert dump.returncode == 0 and "[code-left-out]" in dump.stderr
+    assert _orc(image)[".text+1c"] == "sp:sp+16 bp:(und) type:call end:0"

@@ -41,6 +41,9 @@ from framevet.stack.transfers import _END, TransferChecks
 from framevet.stack.usermodel import user_after
 from framevet.stack.walkresult import WalkAborted, WalkOptions, WalkResult, Warning
 
+#: :meth:`Walker._meet`: the states differ where paths meet
+_MISMATCH = -2
+
 
 class Walker(TransferChecks):
     def __init__(self, prog: Program, opts: WalkOptions | None = None,
@@ -170,6 +173,17 @@ class Walker(TransferChecks):
             self._walk(func, g, state)
 
     # -- the walk ----------------------------------------------------------
+    def _meet(self, g: int, state: list[int], is_hint: bool, v: int, vbit: int) -> int:
+        """A path reaches ``g`` already visited (marks ``v``): -1 to stop the path,
+        :data:`_MISMATCH` to stop the function, else the marks to go on with (none: the
+        code is walked again with the frame a new stack's path had left it without)."""
+        joined = 0 if is_hint else join_new_stack(self.cfi[g], state)
+        if joined:
+            return -1 if joined > 0 else 0
+        if not is_hint and not self._cfi_match(g, state):
+            return _MISMATCH
+        return -1 if v & vbit else v
+
     def _snap(self, state: list[int]) -> tuple[int, ...]:
         key = tuple(state[0:9]) + tuple(state[REGS:STATE_LEN])
         return self.intern.setdefault(key, key)
@@ -203,16 +217,10 @@ class Walker(TransferChecks):
                     is_hint = is_marked and self._hint_at(func, g, wsec)
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
-                    joined = 0 if is_hint or not v & 3 else join_new_stack(cfi_l[g], state)
-                    if joined > 0:
-                        break
-                    if joined < 0:
-                        v = 0
-                    elif v & 3:
-                        if not is_hint and not self._cfi_match(g, state):
+                    if v & 3 and (v := self._meet(g, state, is_hint, v, vbit)) < 0:
+                        if v == _MISMATCH:
                             return
-                        if v & vbit:
-                            break
+                        break
                     if is_hint:
                         h = self._restore(func, g, wsec) if g in restores else hints[g]
                         load_cfi(state, h)
