@@ -32,17 +32,25 @@ class LeftOut:
     symbol: str
 
 
+#: decodings of one section at most (each leaves more out)
+_ROUNDS = 4
+
+
 def decode_linked(sec: Section, syms: list[Symbol], iret_is_func: object,
                   ) -> tuple[DecodedSection, list[LeftOut], int]:
     """A linked image's section decoded without its data and with its stretches of
     foreign code left out: (decoded, stretches left out, bytes not decoded)."""
     skip = data_ranges(syms)
-    ds = decode_section(sec.index, sec.name, sec.data, iret_is_func, skip)
-    invalid = [off for off, rule, _, _ in ds.problems if rule == "undecodable-instruction"]
-    left = undecodable_stretches(sec, syms, invalid) if invalid else []
-    if left:
-        skip = merge([*skip, *((x.start, x.end) for x in left)])
+    left: list[LeftOut] = []
+    for _ in range(_ROUNDS):
         ds = decode_section(sec.index, sec.name, sec.data, iret_is_func, skip)
+        invalid = [off for off, rule, _, _ in ds.problems if rule == "undecodable-instruction"]
+        if not invalid:
+            break
+        # (a stretch left out can cut the instruction before it: one more round)
+        left = sorted({*left, *undecodable_stretches(sec, syms, invalid)},
+                      key=lambda x: x.start)
+        skip = merge([*skip, *((x.start, x.end) for x in left)])
     return ds, left, sum(b - a for a, b in skip)
 
 
