@@ -29,7 +29,8 @@ from framevet.decode import insn as d  # noqa: E402
 from framevet.load import load_path  # noqa: E402
 from framevet.pipeline import Options, analyse  # noqa: E402
 
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus", "kmod")
+CORPUS = os.path.join(os.environ.get("FRAMEVET_SHARED", os.path.join(ROOT, "..", "shared")),
+                      "corpus", "kmod")
 LINE = re.compile(r"^(?P<file>[^:]+): warning: objtool: (?P<where>[^:]+): (?P<msg>.*)$")
 
 
