@@ -117,3 +117,12 @@ def test_foreign_code_and_data_are_left_out(tmp_path: Path) -> None:
     dump = fv("orc", "--dump", image)
     assert dump.returncode == 0 and "[code-left-out]" in dump.stderr
     assert _orc(image)[".text+1c"] == "sp:sp+16 bp:(und) type:call end:0"
+
+
+def test_assembly_entry_labels_are_walked(tmp_path: Path) -> None:
+    # page_fault_entry is reached by no call: it is walked from a new stack's state
+    image = _link("entry-label", tmp_path)
+    out = fv("check", "--stats", image)
+    assert out.returncode == 0, out.stdout
+    assert "11 instructions walked (100.00 % of the code)" in out.stderr
+    assert _orc(image)[".text+1"] == "sp:(und) bp:(und) type:call end:1"

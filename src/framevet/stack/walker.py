@@ -36,7 +36,12 @@ from framevet.decode.state import (
 )
 from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
 from framevet.stack.effects import update_cfi
-from framevet.stack.rspcopies import copy_killers, forget_stale_copies, join_new_stack
+from framevet.stack.rspcopies import (
+    copy_killers,
+    forget_stale_copies,
+    join_new_stack,
+    switch_to_new_stack,
+)
 from framevet.stack.transfers import _END, TransferChecks
 from framevet.stack.usermodel import user_after
 from framevet.stack.walkresult import WalkAborted, WalkOptions, WalkResult, Warning
@@ -126,6 +131,7 @@ class Walker(TransferChecks):
                 self._walk_from(prog.func[g], g, st)
         self._vm_resume_points()
         self._unnamed_functions()
+        self._entry_labels()
         return WalkResult(self.cfi, self.warnings, self.visited,
                           [*self.intern.values(), *self.hints.values()])
 
@@ -141,6 +147,24 @@ class Walker(TransferChecks):
                     and not self.visited[g] and prog.kind[g] == d.CALL
                     and prog.off[g] % 16 == 0):
                 self._walk_from(-1, g, func_entry_state())
+
+    def _entry_labels(self) -> None:
+        """A linked kernel image's assembly labels (STT_NOTYPE: exception and system
+        call entries, the exit paths they jump to) that no walk reached are entered from
+        a frame framevet cannot know (the CPU's, or a stack another CPU context built):
+        walk them from the state of a new stack, so their control flow is checked and
+        their ORC says where unwinding must stop."""
+        prog = self.prog
+        if prog.profile != "kernel" or prog.elf.relocatable:
+            return
+        for s in sorted(prog.elf.symbols, key=lambda s: (s.shndx, s.offset)):
+            if s.type != STT_NOTYPE or not s.name or not s.defined or s.shndx not in prog.base:
+                continue
+            g = prog.gid(s.shndx, s.offset)
+            if g >= 0 and not self.visited[g] and g not in self.ignored:
+                st = blank_state()
+                switch_to_new_stack(st)
+                self._walk_from(prog.func[g], g, st)
 
     def _vm_resume_points(self) -> None:
         """After VMLAUNCH/VMRESUME succeeds, the CPU comes back at the VMCS host RIP: a
