@@ -50,17 +50,20 @@ def _ignored(ctx: Context, g: int) -> bool:
     if name.startswith(".plt") and not prog.elf.relocatable:
         return True  # PLT stubs: entered through the GOT by the dynamic linker
     fi = prog.func[g]
+    if fi < 0 and prog.elf.relocatable:
+        return False        # (objtool judges code outside functions as it is)
     prev = g - 1
     if prev >= 0 and (prog.dead_end[prev] or (
             prog.kind[prev] == d.CALL and is_noreturn(prog, prog.call_dest[prev]))):
         jd = prog.jump_dest[g]
-        # (assembly too: Xen's entry code follows ``call fatal_trap`` with a BUG)
+        # (in linked images, outside functions too: Xen's entry code follows
+        # ``call fatal_trap`` with a BUG)
         if k == d.BUG or (k == d.JUMP_UNCOND and jd >= 0 and prog.kind[jd] == d.BUG):
             return True
     if fi < 0:
         # a linked user image's code outside every function (stripped CRT stubs): no
         # function boundary to judge reachability by
-        return prog.profile == "user" and not prog.elf.relocatable
+        return prog.profile == "user"
     f = prog.functions[fi]
     if f.name.startswith("__SCT__"):
         return True  # static call trampolines: patched at run time
