@@ -126,3 +126,17 @@ def test_assembly_entry_labels_are_walked(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout
     assert "14 instructions walked" in out.stderr  # (the ud2 after fatal_trap: not)
     assert _orc(image)[".text+1"] == "sp:(und) bp:(und) type:call end:1"
+
+
+def test_declarations_by_label_address_and_non_standard(tmp_path: Path) -> None:
+    src, toml = _fixture("declarations")
+    bare = fv("check", src)
+    assert "[sibling-call-modified-frame]" in bare.stdout      # the longjmp
+    assert "[unreachable-instruction]" in bare.stdout           # the label, never entered
+    declared = fv("check", src, "--hints", toml)
+    assert declared.returncode == 0, declared.stdout
+    assert _orc(src, "--hints", toml)[".text+7"] == "sp:sp+8 bp:(und) type:regs (partial) end:0"
+    by_address = tmp_path / "address.toml"
+    by_address.write_text('[longjmp_like]\nnon_standard = true\n\n["0x7"]\nentry = "iret"\n'
+                          "extra_words = 1\n")
+    assert fv("check", src, "--hints", str(by_address)).returncode == 0

@@ -56,6 +56,14 @@ class FunctionDecl:
     clobbers: frozenset[int] = frozenset()
     noreturn: bool = False
     stack_args: int = 0
+    #: objtool's STACK_FRAME_NON_STANDARD: the function is not walked at all
+    non_standard: bool = False
+
+
+#: the keys of a ``[NAME]`` table; NAME is a function, an assembly label
+#: (STT_NOTYPE) or a raw address (``"0xffff82d040201190"``)
+FUNCTION_KEYS = frozenset({"entry", "extra_words", "clobbers", "noreturn", "stack_args",
+                           "non_standard"})
 
 
 @dataclass
@@ -139,11 +147,12 @@ def _sidecar(path: str, prog: Program, h: Hints) -> None:
             prog.ops[g] = ((d.D_PUSH, 0, 0, d.S_CONST, 0, 0),)
             prog.intra_calls.add(g)
             _drop_problems(prog, g, "unannotated-intra-function-call")
-    for f in prog.functions:
-        decl = h.functions.get(f.name)
-        if decl is None or decl.entry == "call" and not decl.extra_words:
+    for name, decl in h.functions.items():
+        if decl.non_standard:
+            h.ignored_gids.update(_code_of(prog, name))
+        if decl.entry == "call" and not decl.extra_words:
             continue
-        g = prog.gid(f.sec, f.start)
+        g = _resolve(prog, name)
         if g < 0:
             continue
         st = func_entry_state()
@@ -163,16 +172,48 @@ def _decl(path: str, name: str, spec: dict[str, Any]) -> FunctionDecl:
             raise InputError(path, f"[{name}] unknown register {r!r} in clobbers")
         regs.add(REG_BY_NAME[r])
     return FunctionDecl(entry, int(spec.get("extra_words", 0)), frozenset(regs),
-                        bool(spec.get("noreturn", False)), int(spec.get("stack_args", 0)))
+                        bool(spec.get("noreturn", False)), int(spec.get("stack_args", 0)),
+                        bool(spec.get("non_standard", False)))
 
 
 def _resolve(prog: Program, spot: str) -> int:
+    """The instruction at ``NAME[+OFF]`` (a function or any other symbol, such as an
+    assembly label) or at a raw address ``0x...``; -1 when there is none."""
     name, _, off = spot.partition("+")
     offset = int(off, 0) if off else 0
     for f in prog.functions:
         if f.name == name:
             return prog.gid(f.sec, f.start + offset)
+    for s in prog.elf.symbols:
+        if s.name == name and s.defined and s.shndx in prog.base:
+            return prog.gid(s.shndx, s.offset + offset)
+    if name.lower().startswith("0x"):
+        addr = int(name, 16) + offset
+        for sec_index in prog.base:
+            sec = prog.elf.sections[sec_index]
+            start = sec.addr if not prog.elf.relocatable else 0
+            if start <= addr < start + sec.size:
+                return prog.gid(sec_index, addr - start)
     return -1
+
+
+def _code_of(prog: Program, name: str) -> list[int]:
+    """The instructions of function ``name`` (cold part included), else of the code
+    from the label or address ``name`` to the next symbol."""
+    for fi, f in enumerate(prog.functions):
+        if f.name == name:
+            return prog.func_insns(fi)
+    g = _resolve(prog, name)
+    if g < 0:
+        return []
+    sec = prog.sec_of[g]
+    starts = {s.offset for s in prog.elf.symbols if s.defined and s.shndx == sec and s.name}
+    out = [g]
+    n = prog.next_same_sec(g)
+    while n >= 0 and prog.off[n] not in starts:
+        out.append(n)
+        n = prog.next_same_sec(n)
+    return out
 
 
 def _paravirt_sites(prog: Program, h: Hints) -> None:
