@@ -260,6 +260,9 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
     elf = prog.elf
     syms = elf.symbols
     kind = prog.kind
+    # (linked: where a named function or label starts, for jumps to return thunks)
+    starts = set() if elf.relocatable else {
+        (s.shndx, s.offset) for s in syms if s.defined and s.name and s.type != STT_SECTION}
     for g, k in enumerate(kind):
         if k != d.JUMP_COND and k != d.JUMP_UNCOND or prog.jump_dest[g] >= 0:
             continue        # (a replacement's jump to its end already points past the original)
@@ -295,7 +298,9 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
                          f"{prog.section_name(dest_sec)}+0x{dest_off:x}", g, fatal=True)
             continue
         fi, fd = prog.func[g], prog.func[dg]
-        if _return_thunk_jump(prog, g, dg):
+        if kind[dg] == d.RETURN and (dest_sec, prog.off[dg]) in starts and fd != fi:
+            # a linked image has no relocation naming __x86_return_thunk: a jump to a
+            # symbol whose first instruction is ret returns, whatever the name
             kind[g] = d.RETURN
             prog.return_thunks.add(g)
             continue
@@ -397,14 +402,6 @@ def _past_prefixes(prog: Program, sec: int, off: int) -> int:
     start = prog.off[g]
     data = prog.elf.sections[sec].data
     return g if all(b in _PREFIXES for b in data[start:off]) else -1
-
-
-def _return_thunk_jump(prog: Program, g: int, dg: int) -> bool:
-    """A linked image has no relocation naming ``__x86_return_thunk``: a jump to
-    another function whose first instruction is ``ret`` returns, whatever its name."""
-    fd = prog.func[dg]
-    return (not prog.elf.relocatable and prog.kind[dg] == d.RETURN and fd >= 0
-            and fd != prog.func[g] and prog.off[dg] == prog.functions[fd].start)
 
 
 def _direct_target(prog: Program, sec: int, off: int) -> tuple[int, int]:
