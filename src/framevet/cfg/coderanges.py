@@ -42,8 +42,8 @@ def decode_linked(sec: Section, syms: list[Symbol], iret_is_func: object,
     foreign code left out: (decoded, stretches left out, bytes not decoded)."""
     skip = data_ranges(syms)
     left: list[LeftOut] = []
+    ds = decode_section(sec.index, sec.name, sec.data, iret_is_func, skip)
     for _ in range(_ROUNDS):
-        ds = decode_section(sec.index, sec.name, sec.data, iret_is_func, skip)
         invalid = [off for off, rule, _, _ in ds.problems if rule == "undecodable-instruction"]
         if not invalid:
             break
@@ -51,6 +51,8 @@ def decode_linked(sec: Section, syms: list[Symbol], iret_is_func: object,
         left = sorted({*left, *undecodable_stretches(sec, syms, invalid)},
                       key=lambda x: x.start)
         skip = merge([*skip, *((x.start, x.end) for x in left)])
+        del ds                  # (one section's records at a time)
+        ds = decode_section(sec.index, sec.name, sec.data, iret_is_func, skip)
     return ds, left, sum(b - a for a, b in skip)
 
 
