@@ -140,3 +140,9 @@ def test_declarations_by_label_address_and_non_standard(tmp_path: Path) -> None:
     by_address.write_text('[longjmp_like]\nnon_standard = true\n\n["0x7"]\nentry = "iret"\n'
                           "extra_words = 1\n")
     assert fv("check", src, "--hints", str(by_address)).returncode == 0
+
+
+def test_a_retpoline_thunk_is_no_finding(tmp_path: Path) -> None:
+    image = _link("retpoline", tmp_path)
+    out = fv("check", image)
+    assert out.returncode == 0, out.stdout

@@ -103,6 +103,7 @@ def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
     ann.read_intra_function_calls(prog, target)
     prog.phase = P_CALLS
     _call_destinations(prog, target)
+    _retpolines(prog)
     _dead_ends(prog)
     ann.read_dead_ends(prog)
     if profile == "user":
@@ -313,6 +314,24 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
                 prog.call_dest[g] = fdn.sym
                 continue
         prog.jump_dest[g] = dg
+
+
+def _retpolines(prog: Program) -> None:
+    """A retpoline's shape, ``call 1f; (speculation trap); 1: mov %reg,(%rsp); ret``:
+    the ret jumps to ``*%reg`` and drops the word the call pushed.  It is meant to be
+    return-oriented; a ret to an address pushed any other way is still a finding."""
+    for g in prog.intra_calls:
+        t = prog.jump_dest[g]
+        ops = prog.ops[t] if t >= 0 else None
+        if not ops or len(ops) != 1:
+            continue
+        dtype, dreg, doff, stype, _, _ = ops[0]
+        r = prog.next_same_sec(t)
+        if (dtype == d.D_REG_INDIRECT and dreg == d.SP and doff == 0 and stype == d.S_REG
+                and r >= 0 and prog.kind[r] == d.RETURN and prog.length[r] == 1):
+            prog.kind[r] = d.JUMP_DYNAMIC
+            prog.ops[r] = ((d.D_REG, d.SP, 0, d.S_ADD, d.SP, 8),)
+            prog.retpoline.update((t, r))
 
 
 def _call_destinations(prog: Program, target: list[int]) -> None:
