@@ -161,7 +161,8 @@ class Walker(TransferChecks):
             if s.type != STT_NOTYPE or not s.name or not s.defined or s.shndx not in prog.base:
                 continue
             g = prog.gid(s.shndx, s.offset)
-            if g >= 0 and not self.visited[g] and g not in self.ignored:
+            if (g >= 0 and not self.visited[g] and g not in self.ignored
+                    and prog.kind[g] not in (d.NOP, d.TRAP)):     # (not end-of-range marks)
                 st = blank_state()
                 switch_to_new_stack(st)
                 self._walk_from(prog.func[g], g, st)
