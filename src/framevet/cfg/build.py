@@ -331,6 +331,7 @@ def _retpolines(prog: Program) -> None:
                 and r >= 0 and prog.kind[r] == d.RETURN and prog.length[r] == 1):
             prog.kind[r] = d.JUMP_DYNAMIC
             prog.ops[r] = ((d.D_REG, d.SP, 0, d.S_ADD, d.SP, 8),)
+            prog.ops[t] = None      # (the store is the jump's target, not a save)
             prog.retpoline.update((t, r))
 
 
