@@ -45,7 +45,8 @@ def options(args: argparse.Namespace) -> Options:
         unret=args.unret, orc=args.orc, link=args.link or args.noinstr or args.ibt or args.unret,
         disabled=frozenset(x for x in args.disable.split(",") if x),
         all_warnings=not args.objtool_only, hints_file=args.hints,
-        objtool_only=args.objtool_only, module=args.module, stats=args.stats)
+        objtool_only=args.objtool_only, module=args.module,
+        stats=getattr(args, "stats", False))
 
 
 def run(args: argparse.Namespace) -> int:
