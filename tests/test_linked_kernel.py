@@ -124,7 +124,7 @@ def test_assembly_entry_labels_are_walked(tmp_path: Path) -> None:
     image = _link("entry-label", tmp_path)
     out = fv("check", "--stats", image)
     assert out.returncode == 0, out.stdout
-    assert "14 instructions walked" in out.stderr  # (the ud2 after fatal_trap: not)
+    assert "18 instructions walked" in out.stderr  # (the ud2 after fatal_trap: not)
     assert _orc(image)[".text+1"] == "sp:(und) bp:(und) type:call end:1"
 
 

@@ -46,6 +46,20 @@ from framevet.stack.transfers import _END, TransferChecks
 from framevet.stack.usermodel import user_after
 from framevet.stack.walkresult import WalkAborted, WalkOptions, WalkResult, Warning
 
+
+def _padding(prog: Program, g: int) -> bool:
+    """Instruction ``g`` starts a run of nop/int3 padding (``lstar_enter``'s first
+    nop, a placeholder for ENDBR64, is followed by code: it is no padding)."""
+    for _ in range(_PADDING_RUN):
+        if g < 0 or prog.kind[g] not in (d.NOP, d.TRAP):
+            return g < 0
+        g = prog.next_same_sec(g)
+    return True
+
+
+#: nops and int3s in a row that make padding
+_PADDING_RUN = 8
+
 #: :meth:`Walker._meet`: the states differ where paths meet
 _MISMATCH = -2
 
@@ -162,7 +176,7 @@ class Walker(TransferChecks):
                 continue
             g = prog.gid(s.shndx, s.offset)
             if (g >= 0 and not self.visited[g] and g not in self.ignored
-                    and prog.kind[g] not in (d.NOP, d.TRAP)):     # (not end-of-range marks)
+                    and not _padding(prog, g)):     # (not the end-of-range marks)
                 st = blank_state()
                 switch_to_new_stack(st)
                 self._walk_from(prog.func[g], g, st)
