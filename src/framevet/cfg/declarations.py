@@ -5,7 +5,8 @@ An unlinked object may still carry objtool's annotations (unwind hints,
 safe marks); :mod:`framevet.cfg.objtool_annotations` reads them while the program is built,
 exactly as objtool does, and they are collected here.  A linked module has
 lost them, and hand-written code may never have had them: the sidecar
-(``--hints FILE``, default ``framevet.toml`` beside the input) declares the same
+(``--hints FILE``, default ``framevet.toml`` in the input's folder or the nearest
+parent that has one) declares the same
 facts without touching the source (design §6)::
 
     [xen_page_fault]            # seed 000: pop %rcx; pop %r11; jmp handler
@@ -23,14 +24,16 @@ facts without touching the source (design §6)::
 
 from __future__ import annotations
 
-import os
+import copy
+import difflib
 import struct
-import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from framevet.cfg.program import Program
 from framevet.cfg.protocols import WriteOrderDecls, read_write_order
+from framevet.cfg.sidecar import SidecarFile, find_sidecar, read_sidecar
 from framevet.decode import insn as d
 from framevet.decode.state import (
     CFA_OFF,
@@ -51,6 +54,8 @@ REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}
 
 @dataclass
 class FunctionDecl:
+    """What a function's ``[name]`` table declares; one field per key of FUNCTION_KEYS."""
+
     entry: str = "call"
     extra_words: int = 0
     clobbers: frozenset[int] = frozenset()
@@ -60,10 +65,100 @@ class FunctionDecl:
     non_standard: bool = False
 
 
-#: the keys of a ``[NAME]`` table; NAME is a function, an assembly label
-#: (STT_NOTYPE) or a raw address (``"0xffff82d040201190"``)
-FUNCTION_KEYS = frozenset({"entry", "extra_words", "clobbers", "noreturn", "stack_args",
-                           "non_standard"})
+
+@dataclass(frozen=True)
+class Key:
+    """One key a ``framevet.toml`` table may hold: its type, the values allowed, and how
+    the value becomes the field of the same name (FunctionDecl, or the [framevet] dict)."""
+
+    kind: type
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    #: the values a list may hold (empty: any string)
+    items: tuple[str, ...] = ()
+    convert: Callable[[Any], Any] | None = None
+
+
+#: the keys of a ``[NAME]`` table (NAME: a function, an assembly label (STT_NOTYPE) or a
+#: raw address ``"0xffff82d040201190"``): a new key is a row here plus a field above
+FUNCTION_KEYS: dict[str, Key] = {
+    "entry": Key(str, "the frame the function starts on", choices=("iret", "regs", "call")),
+    "extra_words": Key(int, "words the entry code pushed above the hardware frame", minimum=0),
+    "clobbers": Key(list, "callee-saved registers it changes by design", items=tuple(REG_BY_NAME),
+                    convert=lambda regs: frozenset(REG_BY_NAME[r] for r in regs)),
+    "noreturn": Key(bool, "it never returns"),
+    "stack_args": Key(int, "incoming stack-argument words it may read and write", minimum=0),
+    "non_standard": Key(bool, "objtool's STACK_FRAME_NON_STANDARD: it is not walked at all"),
+}
+#: the table of declarations about the object rather than one function, and its keys
+GLOBAL_TABLE = "framevet"
+GLOBAL_KEYS: dict[str, Key] = {
+    "intra_function_calls": Key(list, "calls to a local label (SYMBOL+0xOFF), jumps that push"),
+}
+_KIND_NAME = {bool: "true or false", int: "an integer", str: "a string", list: "a list"}
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _checked(sc: SidecarFile, table: str, key: str, spec: Key, value: Any) -> Any:
+    """``value`` converted, if it fits ``spec``; else the error naming file, line and key."""
+    def bad(reason: str) -> InputError:
+        return sc.error(table, key, f"[{table}] {key}: {reason}")
+
+    if spec.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, spec.kind)
+    if not ok:
+        raise bad(f"expected {_KIND_NAME.get(spec.kind, spec.kind.__name__)}, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise bad(f"{value!r} is not one of {', '.join(spec.choices)}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise bad(f"{value} is below {spec.minimum}")
+    if spec.kind is list:
+        for item in value:
+            if not isinstance(item, str):
+                raise bad(f"expected strings, got {item!r}")
+            if spec.items and item not in spec.items:
+                raise bad(f"unknown value {item!r}{_did_you_mean(item, spec.items)}")
+    return spec.convert(value) if spec.convert is not None else value
+
+
+def validate(sc: SidecarFile, tables: dict[str, Any] | None = None
+             ) -> tuple[dict[str, FunctionDecl], dict[str, Any]]:
+    """Every declaration of a sidecar checked against FUNCTION_KEYS and GLOBAL_KEYS: an
+    unknown key, a value of the wrong type or out of range is an error at its line."""
+    functions: dict[str, FunctionDecl] = {}
+    glob: dict[str, Any] = {}
+    for table, spec in (sc.tables if tables is None else tables).items():
+        if not isinstance(spec, dict):
+            raise sc.error(table, "", f"{table} must be a table: [{table}]")
+        keys = GLOBAL_KEYS if table == GLOBAL_TABLE else FUNCTION_KEYS
+        values: dict[str, Any] = {}
+        for key, value in spec.items():
+            k = keys.get(key)
+            if k is None:
+                raise sc.error(table, key, f"[{table}] unknown key {key!r}"
+                               + _did_you_mean(key, keys))
+            values[key] = _checked(sc, table, key, k, value)
+        if table == GLOBAL_TABLE:
+            glob = values
+        else:
+            functions[table] = FunctionDecl(**values)
+    return functions, glob
+
+
+def read_declarations(path: str) -> tuple[SidecarFile, dict[str, FunctionDecl], dict[str, Any]]:
+    """A sidecar read and validated (write-order protocols included)."""
+    sc = read_sidecar(path)
+    data = copy.deepcopy(sc.tables)
+    read_write_order(path, sc.text, data)
+    functions, glob = validate(sc, data)
+    return sc, functions, glob
 
 
 @dataclass
@@ -75,6 +170,8 @@ class Hints:
     retpoline_safe: set[int] = field(default_factory=set)
     functions: dict[str, FunctionDecl] = field(default_factory=dict)
     source: str | None = None
+    #: the line of each function's declaration in ``source``
+    lines: dict[str, int] = field(default_factory=dict)
     #: write-order protocols and copy helpers (docs/write-order.md)
     write_order: WriteOrderDecls = field(default_factory=WriteOrderDecls)
 
@@ -86,11 +183,7 @@ def _key(state: list[int]) -> tuple[int, ...]:
 def read_hints(obj: LoadedObject, prog: Program, sidecar: str | None = None) -> Hints:
     h = Hints()
     _discard_sections(prog, h)
-    path = sidecar
-    if path is None:
-        cand = os.path.join(os.path.dirname(os.path.abspath(obj.elf.path.split("(")[0])),
-                            "framevet.toml")
-        path = cand if os.path.isfile(cand) else None
+    path = sidecar if sidecar is not None else find_sidecar(obj.elf.path.split("(")[0])
     if path is not None:
         _sidecar(path, prog, h)
     return h
@@ -121,21 +214,12 @@ def _rel32(prog: Program, g: int) -> int:
 
 
 def _sidecar(path: str, prog: Program, h: Hints) -> None:
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8", "replace")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise InputError(path, exc.strerror or str(exc)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"invalid TOML: {exc}") from None
+    sc = read_sidecar(path)
+    data = copy.deepcopy(sc.tables)
     h.source = path
-    h.write_order = read_write_order(path, text, data)
-    fv = data.pop("framevet", {})
-    for name, spec in data.items():
-        if not isinstance(spec, dict):
-            raise InputError(path, f"[{name}] must be a table")
-        h.functions[name] = _decl(path, name, spec)
+    h.write_order = read_write_order(path, sc.text, data)
+    h.functions, fv = validate(sc, data)
+    h.lines = {name: sc.line(name) for name in h.functions}
     for spot in fv.get("intra_function_calls", []):
         g = _resolve(prog, spot)
         if g < 0:
@@ -160,20 +244,6 @@ def _sidecar(path: str, prog: Program, h: Hints) -> None:
         st[CFA_OFF] = 8 * decl.extra_words + (8 if decl.entry == "call" else 0)
         st[STACK] = st[CFA_OFF]
         h.cfi[g] = _key(st)
-
-
-def _decl(path: str, name: str, spec: dict[str, Any]) -> FunctionDecl:
-    entry = spec.get("entry", "call")
-    if entry not in ("iret", "regs", "call"):
-        raise InputError(path, f"[{name}] entry must be iret, regs or call")
-    regs = set()
-    for r in spec.get("clobbers", []):
-        if r not in REG_BY_NAME:
-            raise InputError(path, f"[{name}] unknown register {r!r} in clobbers")
-        regs.add(REG_BY_NAME[r])
-    return FunctionDecl(entry, int(spec.get("extra_words", 0)), frozenset(regs),
-                        bool(spec.get("noreturn", False)), int(spec.get("stack_args", 0)),
-                        bool(spec.get("non_standard", False)))
 
 
 def _resolve(prog: Program, spot: str) -> int:

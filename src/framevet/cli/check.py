@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import add_common, add_report_options, emit, exit_code
+from framevet.cli.common import add_common, add_report_options, emit, exit_code, rule_ids
 from framevet.cli.parallel import collect
 from framevet.pipeline import Options
 
@@ -43,7 +43,7 @@ def options(args: argparse.Namespace) -> Options:
         profile=args.profile, sls=args.sls, retpoline=args.retpoline, rethunk=args.rethunk,
         stackval=args.stackval, uaccess=args.uaccess, noinstr=args.noinstr, ibt=args.ibt,
         unret=args.unret, orc=args.orc, link=args.link or args.noinstr or args.ibt or args.unret,
-        disabled=frozenset(x for x in args.disable.split(",") if x),
+        disabled=rule_ids(args.disable, "--disable"),
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module,
         stats=getattr(args, "stats", False))

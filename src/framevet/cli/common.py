@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import Any
@@ -11,6 +12,7 @@ from framevet.errors import InputError
 from framevet.findings import Finding
 from framevet.report.formats import render
 from framevet.report.text import summary
+from framevet.rules import all_rules
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 _SEVERITY_RANK = {"note": 0, "warning": 1, "error": 2}
@@ -77,6 +79,19 @@ def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
         sys.stdout.flush()
     if fmt == "text" and not getattr(args, "quiet", False) and not errors:
         print(summary(findings, inputs, suppressed), file=sys.stderr)
+
+
+def rule_ids(text: str, option: str) -> frozenset[str]:
+    """Comma-separated rule ids, every one of them known; a typo is an error, not a rule
+    silently left on."""
+    ids = frozenset(x.strip() for x in text.split(",") if x.strip())
+    known = all_rules()
+    for rid in sorted(ids):
+        if rid not in known:
+            close = difflib.get_close_matches(rid, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (see `framevet rules`)"
+            raise InputError(option, f"unknown rule id {rid!r}{hint}")
+    return ids
 
 
 def exit_code(findings: list[Any], errors: int, fail_on: str) -> int:

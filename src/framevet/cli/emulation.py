@@ -24,10 +24,10 @@ common renderers (text/JSON/SARIF/HTML) apply; a trace (diff, faults) is in
 from __future__ import annotations
 
 import argparse
-import os
-import tomllib
 from typing import Any
 
+from framevet.cfg.declarations import read_declarations as read_function_declarations
+from framevet.cfg.sidecar import find_sidecar
 from framevet.decode import insn as d
 from framevet.emulate import (
     Finding,
@@ -68,26 +68,16 @@ def _cflags(args: argparse.Namespace) -> list[str]:
 
 def read_sidecar(path: str | None, near: str | None) -> tuple[dict[str, list[str]],
                                                               dict[str, int]]:
-    """``clobbers`` and ``stack_args`` per function from a design §6 TOML sidecar."""
+    """``clobbers`` and ``stack_args`` per function from the declarations (``--hints``,
+    else the ``framevet.toml`` nearest to ``near``), validated as ``check`` does."""
     if path is None and near:
-        cand = os.path.join(os.path.dirname(os.path.abspath(near)), "framevet.toml")
-        path = cand if os.path.isfile(cand) else None
+        path = find_sidecar(near)
     if path is None:
         return {}, {}
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(path, f"cannot read hints: {exc}") from None
-    clobbers: dict[str, list[str]] = {}
-    stack: dict[str, int] = {}
-    for name, spec in data.items():
-        if not isinstance(spec, dict) or name == "framevet":
-            continue
-        if "clobbers" in spec:
-            clobbers[name] = [str(r) for r in spec["clobbers"]]
-        if "stack_args" in spec:
-            stack[name] = int(spec["stack_args"])
+    _, functions, _ = read_function_declarations(path)
+    clobbers = {name: [d.REG_NAMES[r] for r in sorted(decl.clobbers)]
+                for name, decl in functions.items() if decl.clobbers}
+    stack = {name: decl.stack_args for name, decl in functions.items() if decl.stack_args}
     return clobbers, stack
 
 

@@ -6,15 +6,16 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from framevet import rules
+from framevet.cfg.declarations import read_declarations
 from framevet.errors import InputError
 from framevet.findings import Finding, Location
 from framevet.load import load_path
@@ -27,10 +28,13 @@ ARCHIVE_CHUNK = 48
 
 
 def findings_of(task: str | tuple[str, range], job: str, options: Options | None,
-                cflags: list[str]) -> tuple[list[dict[str, Any]], str]:
+                cflags: list[str]) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
     """Worker: the findings (as JSON dicts) of every object in a task -- a path, or
-    (archive path, member numbers) -- for ``job`` "check" or "cfi"; or an error line."""
+    (archive path, member numbers) -- for ``job`` "check" or "cfi"; or an error line.
+    The third item says which functions each declarations file names that the task's
+    objects define (``{"declared": {path: [names]}}``)."""
     path, members = (task, None) if isinstance(task, str) else task
+    declared: dict[str, list[str]] = {}
     try:
         out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags, members):
@@ -43,31 +47,63 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
                 if options.stats:
                     reach = coverage(ctx.prog, ctx.result.visited)
                     print(f"{obj.display}: stats: {reach.text()}", file=sys.stderr, flush=True)
+                if ctx.hints.source is not None:
+                    # a table names a function, a label or an address ("0x...")
+                    names = {f.name for f in ctx.prog.functions}
+                    names |= {s.name for s in obj.elf.symbols if s.defined}
+                    declared.setdefault(ctx.hints.source, []).extend(
+                        n for n in ctx.hints.functions if n in names or n.startswith("0x"))
             out.extend(asdict(f) for f in found)
-        return out, ""
+        return out, "", {"declared": declared}
     except InputError as exc:
-        return [], str(exc)
+        return [], str(exc), {}
     except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
-        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})"
+        return [], f"{path}: error: internal error ({type(exc).__name__}: {exc})", {}
 
 
-def collect(args: argparse.Namespace, job: str,
-            options: Options | None) -> tuple[list[Finding], int]:
-    """Run ``job`` over every input in parallel: (findings in input order, error count);
-    error lines go to stderr as they are met."""
+@dataclass
+class Collected:
+    """What a run over many inputs found: unpacks as ``findings, errors``."""
+
+    findings: list[Finding]
+    errors: int
+    #: declarations file -> the functions it names that some input defines
+    declared: dict[str, set[str]] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.findings, self.errors))
+
+
+def collect(args: argparse.Namespace, job: str, options: Options | None) -> Collected:
+    """Run ``job`` over every input in parallel: findings in input order, and the error
+    count; error lines go to stderr as they are met, and so does a warning for each
+    declaration of a function that none of the inputs defines."""
     tasks = split_tasks(args.files, args.jobs)
     rules.all_rules()    # loaded before the workers fork, so they inherit it
-    findings: list[Finding] = []
-    errors = 0
-    for _task, (packed, err) in run_parallel(tasks, findings_of,
-                                             (job, options, args.cflags.split()),
-                                             args.jobs,
-                                             not (args.no_progress or args.quiet)):
+    run = Collected([], 0)
+    for _task, (packed, err, extra) in run_parallel(tasks, findings_of,
+                                                    (job, options, args.cflags.split()),
+                                                    args.jobs,
+                                                    not (args.no_progress or args.quiet)):
         if err:
             print(err, file=sys.stderr)
-            errors += 1
-        findings.extend(unpack(d) for d in packed)
-    return findings, errors
+            run.errors += 1
+        run.findings.extend(unpack(d) for d in packed)
+        for source, names in extra.get("declared", {}).items():
+            run.declared.setdefault(source, set()).update(names)
+    if not run.errors:
+        _unused_declarations(run.declared)
+    return run
+
+
+def _unused_declarations(declared: dict[str, set[str]]) -> None:
+    """A declaration no input defines is worth a warning, not an error: one
+    framevet.toml may serve a whole tree of objects, checked a few at a time."""
+    for source, defined in sorted(declared.items()):
+        sc, functions, _ = read_declarations(source)
+        for name in sorted(set(functions) - defined, key=sc.line):
+            print(f"{source}:{sc.line(name)}: warning: [{name}] declares a function that "
+                  "none of the inputs defines", file=sys.stderr)
 
 
 def unpack(d: dict[str, Any]) -> Finding:
@@ -94,7 +130,7 @@ def split_tasks(paths: list[str], jobs: int) -> list[Any]:
     return tasks
 
 
-def run_parallel(paths: list[Any], work: Callable[..., tuple[list[dict[str, Any]], str]],
+def run_parallel(paths: list[Any], work: Callable[..., Any],
                  extra: tuple[Any, ...], jobs: int, progress: bool) -> Iterable[tuple[Any, Any]]:
     """(task, (findings, error)) for every task, in input order; one worker per core."""
     jobs = jobs or os.cpu_count() or 1
