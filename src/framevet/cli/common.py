@@ -40,6 +40,9 @@ def add_report_options(p: argparse.ArgumentParser, formats: tuple[str, ...] = FO
                    help="print the findings and nothing else (no summary, no progress bar)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the text report (auto: on a terminal, unless NO_COLOR is set)")
+    p.add_argument("--sarif-root", metavar="DIR", default=".",
+                   help="SARIF URIs are relative to DIR (uriBaseId SRCROOT; default: the "
+                        "current directory), as GitHub code scanning wants the repository root")
     if explain:
         p.add_argument("--explain", action="store_true",
                        help="under each finding, the paths that lead to it with the stack "
@@ -70,7 +73,8 @@ def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
     input error, whose one line is then all stderr says)."""
     fmt = getattr(args, "format", "text")
     text = render(findings, fmt, explain=bool(getattr(args, "explain", False)),
-                  colour=fmt == "text" and _colour(args))
+                  colour=fmt == "text" and _colour(args),
+                  root=getattr(args, "sarif_root", "."))
     output = getattr(args, "output", None)
     if output:
         write_output(output, text)

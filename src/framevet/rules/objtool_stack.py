@@ -12,6 +12,18 @@ from framevet.rules.registry import Rule, register
 _FRAME_FIX = ("undo every push, stack adjustment and register save before the return/jump, "
               "or annotate a deliberate non-standard frame")
 
+#: how to read objtool's numbers (stack-state-mismatch)
+STATE_ENCODING = """**Reading the message.** objtool prints each state as `BASE+OFFSET`. Path 1 is
+the one the walk took first, path 2 the one that arrives now. `BASE` is objtool's
+register number: 0 rax, 1 rcx, 2 rdx, 3 rbx, 4 rsp, 5 rbp, 6 rsi, 7 rdi, 8-15 r8-r15;
+-1 means undefined and -2 the CFA itself. So `cfa1=4+16 cfa2=4+24` says the CFA is
+rsp+16 on the first path and rsp+24 on the second (one extra push), and
+`reg1[3]=-2-16 reg2[3]=-1+0` says rbx (register 3) is saved at CFA-16 on the first
+path and not saved on the second. `type1=1 type2=0`: the frame types differ (0 a
+call frame, 1 a full pt_regs frame, 2 an iret frame); `drap1`/`drap2` compare the
+DRAP register used for a realigned stack. `framevet check --explain` prints both
+paths from the branch where they split, with the state at every instruction."""
+
 register(Rule(
     "return-modified-frame", "return with the stack frame still modified",
     "a ret reached with the CFA not back at rsp+8, a callee-saved register still recorded as "
@@ -32,7 +44,7 @@ register(Rule(
     "ORC/CFI can describe only one state per address: one of the paths unwinds wrongly",
     "make every path push/pop the same amount before joining",
     objtool="stack state mismatch: cfa1=%d%+d cfa2=%d%+d (also reg1[%d], type1, drap1 forms)",
-    severity="error"))
+    severity="error", notes=STATE_ENCODING))
 register(Rule(
     "undefined-stack-state", "stack operation after the CFA became unknown",
     "an instruction changes the stack after an untracked write to rsp made the CFA undefined",
