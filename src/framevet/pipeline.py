@@ -7,11 +7,14 @@ from dataclasses import dataclass, field, replace
 from framevet import rules
 from framevet.cfg.build import build
 from framevet.cfg.declarations import Hints, read_hints
+from framevet.cfg.disasm import Namer
 from framevet.cfg.program import Program
 from framevet.findings import Finding, SymbolIndex
 from framevet.load.elf import STT_FILE
 from framevet.load.object import LoadedObject
+from framevet.stack.explain import explain
 from framevet.stack.walker import Walker, WalkOptions, WalkResult
+from framevet.stack.walkresult import Warning
 from framevet.unwind.userwalk import user_walk, with_fde_functions
 
 
@@ -46,6 +49,8 @@ class Options:
     orc_only: bool = False
     #: check --stats: the walk's coverage is printed
     stats: bool = False
+    #: attach the paths that lead to each finding (``--explain``)
+    explain: bool = False
 
 
 @dataclass
@@ -140,12 +145,15 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
     retpoline = registry["indirect-branch-in-retpoline-build"]
     if retpoline.check is not None and wanted(retpoline.id):
         out.extend(f for f in retpoline.check(ctx) if wanted(f.rule))
+    arrivals: dict[int, Warning] = {}
     for w in result.warnings:
         if wanted(w.rule):
             if w.sec >= 0:
                 out.append(ctx.finding_at(w.sec, prog.off[w.gid], w.rule, w.message))
             else:
                 out.append(ctx.finding(w.gid, w.rule, w.message))
+            if w.via >= 0:
+                arrivals[id(out[-1])] = w
     ctx.counted = len(out) - read
     # after the walk objtool validates UNRET, then IBT; its output sections come last
     rank = {"unret": 0, "ibt": 1, "objtool-output": 3}
@@ -158,7 +166,26 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
         out.extend(found)
         if options.objtool_only and any(f.details.get("fatal") for f in found):
             break       # objtool gives up (exit 255): nothing after it, no ORC
+    if options.explain:
+        add_explanations(out, prog, result, arrivals)
     return ctx
+
+
+def add_explanations(findings: list[Finding], prog: Program, result: WalkResult,
+                     arrivals: dict[int, Warning] | None = None) -> None:
+    """``details["explain"]``: the path(s) the walk took to each finding's instruction
+    (both paths of a stack-state mismatch, from ``arrivals``: id(finding) -> warning)."""
+    namer = Namer(prog.elf)
+    sections = {prog.section_name(ds.index): ds.index for ds in prog.sections}
+    for f in findings:
+        loc = f.location
+        if loc is None or loc.section not in sections:
+            continue
+        g = prog.gid(sections[loc.section], loc.offset)
+        w = (arrivals or {}).get(id(f))
+        ex = explain(prog, result, namer, g, w.via if w else -1, w.arriving if w else None)
+        if ex is not None:
+            f.details["explain"] = ex
 
 
 def _link_options(obj: LoadedObject, options: Options) -> tuple[Options, bool]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from framevet.cli.common import add_report_options, emit, exit_code
 from framevet.cli.parallel import collect
+from framevet.pipeline import Options
 
 
 def add_parser(sub: Any) -> None:
@@ -20,6 +21,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    findings, errors = collect(args, "cfi", None)
+    findings, errors = collect(args, "cfi", Options(explain=args.explain))
     emit(findings, args, len(args.files), errors=errors)
     return exit_code(findings, errors, args.fail_on)

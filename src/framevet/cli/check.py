@@ -46,7 +46,7 @@ def options(args: argparse.Namespace) -> Options:
         disabled=rule_ids(args.disable, "--disable"),
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module,
-        stats=getattr(args, "stats", False))
+        stats=getattr(args, "stats", False), explain=args.explain)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ from framevet.errors import InputError
 from framevet.findings import Finding, Location
 from framevet.load import load_path
 from framevet.load.inputs import archive_size
-from framevet.pipeline import Options, analyse
+from framevet.pipeline import Options, add_explanations, analyse
 from framevet.stack.coverage import coverage
+from framevet.unwind.cfatable import cfa_table
 from framevet.unwind.cficheck import check_cfi
 
 ARCHIVE_CHUNK = 48
@@ -39,7 +40,11 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
         out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags, members):
             if job == "cfi":
-                found: Iterable[Finding] = check_cfi(obj)
+                table = cfa_table(obj.elf, "user")
+                found: Iterable[Finding] = check_cfi(obj, table)
+                if options is not None and options.explain:
+                    found = list(found)
+                    add_explanations(found, table.prog, table.result)
             else:
                 assert options is not None
                 ctx = analyse(obj, options)

@@ -119,21 +119,21 @@ def explain_lines(f: Finding) -> list[str]:
     ex = f.details.get("explain")
     if not ex:
         return []
-    out: list[str] = []
+    out: list[str] = ["    how the walk got here (the state before each instruction):"]
     if ex.get("split"):
-        out.append(f"    two paths reach it with different states; they split at "
-                   f"{ex['split']}:")
+        out[0] = (f"    two paths reach it with different states; they split at "
+                  f"{ex['split']} (the state before each instruction):")
     for path in ex.get("paths", ()):
-        out.append(f"    {path['label']} (state before each instruction):")
-        steps = [s for s in path["steps"] if not s.get("elided")]
-        width = max((len(s["where"]) + len(s["insn"]) for s in steps), default=0) + 2
+        out.append(f"    {path['label']}:")
+        heads = [f"{s['where']}: {s['insn']}" for s in path["steps"] if not s.get("elided")]
+        width = max((len(h) for h in heads), default=0) + 2
         for s in path["steps"]:
             if s.get("elided"):
                 out.append(f"      ... {s['elided']} instructions, state unchanged")
                 continue
             head = f"{s['where']}: {s['insn']}"
             note = f"  ({s['note']})" if s.get("note") else ""
-            out.append(f"      {head:<{width}} {s['state']}{note}")
+            out.append(f"      {head:<{width}}{s['state']}{note}")
     return out
 
 

@@ -11,6 +11,7 @@ warning of a function -- which ends its walk, as in objtool -- is the same one.
 from __future__ import annotations
 
 import contextlib
+from array import array
 
 from framevet.cfg.noinstr import PvOps, is_noinstr_section
 from framevet.cfg.program import Program
@@ -73,6 +74,11 @@ class Walker(TransferChecks):
         self.opts = opts or WalkOptions()
         n = len(prog.off)
         self.cfi: list[tuple[int, ...] | None] = [None] * n
+        #: per gid, the instruction the walk first came from (-1: a walk started there):
+        #: following it back gives the path to any finding (--explain)
+        self.pred = array("i", [-1]) * n
+        #: a join's arriving path: the instruction it came from and its state
+        self._via: tuple[int, list[int]] = (-1, [])
         self.visited = bytearray(n)
         self.warnings: list[Warning] = []
         self.intern: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -97,7 +103,10 @@ class Walker(TransferChecks):
     def warn(self, g: int, rule: str, msg: str, fatal: bool = True, sec: int = -1) -> None:
         """Record a warning; like objtool, end the function's walk -- unless the
         problem leaves the state well defined and every warning was asked for."""
-        self.warnings.append(Warning(g, rule, msg, sec))
+        w = Warning(g, rule, msg, sec)
+        if rule == "stack-state-mismatch":
+            w.via, w.arriving = self._via[0], self._snap(self._via[1])
+        self.warnings.append(w)
         # profile user (with all_warnings): never end the function's walk; the path
         # goes on with the state as it is (a CFA made undefined stays undefined)
         if (fatal and self.prog.profile != "user") or not self.opts.all_warnings:
@@ -147,7 +156,7 @@ class Walker(TransferChecks):
         self._unnamed_functions()
         self._entry_labels()
         return WalkResult(self.cfi, self.warnings, self.visited,
-                          [*self.intern.values(), *self.hints.values()])
+                          [*self.intern.values(), *self.hints.values()], self.pred)
 
     def _unnamed_functions(self) -> None:
         """Code no symbol covers that starts with ``call __fentry__`` is a function
@@ -230,7 +239,7 @@ class Walker(TransferChecks):
     def _walk(self, func: int, start: int, state0: list[int]) -> None:
         prog = self.prog
         kind, ops_l, alt_group = prog.kind, prog.ops, prog.alt_group
-        visited, cfi_l, dead_end = self.visited, self.cfi, prog.dead_end
+        visited, cfi_l, dead_end, pred = self.visited, self.cfi, prog.dead_end, self.pred
         hints, restores = self.hints, self.restore_insns
         user = prog.profile == "user"
         sec_of, sec_last = prog.sec_of, prog.sec_last
@@ -241,6 +250,8 @@ class Walker(TransferChecks):
         stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
         while stack:
             g, state, phase, wsec = stack.pop()
+            # a resumed branch goes on from itself; a replacement's path starts anew
+            prev = g if phase else -1
             snap: tuple[int, ...] | None = None
             if g < 0:
                 g = self._past_empty_replacement(g, state)
@@ -256,6 +267,8 @@ class Walker(TransferChecks):
                     is_hint = is_marked and self._hint_at(func, g, wsec)
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
+                    if v & 3:
+                        self._via = (prev, state)
                     if v & 3 and (v := self._meet(g, state, is_hint, v, vbit)) < 0:
                         if v == _MISMATCH:
                             return
@@ -269,6 +282,8 @@ class Walker(TransferChecks):
                         if snap is None:
                             snap = self._snap(state)
                         cfi_l[g] = snap
+                    if not v:
+                        pred[g] = prev
                     visited[g] = v | vbit
                     if is_special and self._special(g, state, is_marked, wsec, stack):
                         break
@@ -276,7 +291,7 @@ class Walker(TransferChecks):
                     phase = 0
                     if dead_end[g]:
                         break
-                    g = self._next(g, state)
+                    prev, g = g, self._next(g, state)
                     if g < 0:
                         self._end_of_section(state, wsec)
                         break
@@ -300,11 +315,12 @@ class Walker(TransferChecks):
                     if to == _END:
                         break
                     if to >= 0:
-                        g = to
+                        prev, g = g, to
                         wsec = sec_of[g]
                         continue
                 if dead_end[g]:
                     break
+                prev = g
                 if g in alt_group:
                     g = self._next(g, state)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 
@@ -13,6 +14,9 @@ class Warning:
     #: the section objtool names instead of the instruction's own: the one its walk
     #: (validate_branch) started in, e.g. .altinstr_replacement after a replacement
     sec: int = -1
+    #: stack-state-mismatch: the instruction the second path came from, and its state
+    via: int = -1
+    arriving: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -35,6 +39,8 @@ class WalkResult:
     visited: bytearray = field(default_factory=bytearray)
     #: every distinct CFI tuple the walk recorded (interned states and hints)
     states: list[tuple[int, ...]] = field(default_factory=list)
+    #: per gid, the instruction the walk first reached it from (-1: a walk's start)
+    pred: array[int] = field(default_factory=lambda: array("i"))
 
 
 class WalkAborted(Exception):
