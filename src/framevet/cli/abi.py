@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import add_emulator_arguments, add_report_options, emit, exit_code
+from framevet.cli.common import (
+    add_emulator_arguments,
+    add_report_options,
+    emit,
+    exit_code,
+    known_findings,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -41,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from framevet.cli.emulation import run_abi_command
 
     findings = run_abi_command(args)
-    emit(findings, args)
-    return exit_code(findings, 0, args.fail_on)
+    findings, suppressed = known_findings(findings, args, [args.file or ""])
+    emit(findings, args, 1, suppressed)
+    return exit_code(findings, 0, args.fail_on, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import add_report_options, emit, exit_code
+from framevet.cli.common import add_report_options, emit, exit_code, known_findings
 from framevet.cli.parallel import collect
 from framevet.pipeline import Options
 
@@ -22,5 +22,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "cfi", Options(explain=args.explain))
-    emit(findings, args, len(args.files), errors=errors)
-    return exit_code(findings, errors, args.fail_on)
+    findings, suppressed = known_findings(findings, args, args.files)
+    emit(findings, args, len(args.files), suppressed, errors)
+    return exit_code(findings, errors, args.fail_on, args)

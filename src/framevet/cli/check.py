@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from framevet.cli.common import add_common, add_report_options, emit, exit_code, rule_ids
+from framevet.cli.common import (
+    add_common,
+    add_report_options,
+    emit,
+    exit_code,
+    known_findings,
+    rule_ids,
+)
 from framevet.cli.parallel import collect
 from framevet.pipeline import Options
 
@@ -51,5 +58,6 @@ def options(args: argparse.Namespace) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     findings, errors = collect(args, "check", options(args))
-    emit(findings, args, len(args.files), errors=errors)
-    return exit_code(findings, errors, args.fail_on)
+    findings, suppressed = known_findings(findings, args, args.files)
+    emit(findings, args, len(args.files), suppressed, errors)
+    return exit_code(findings, errors, args.fail_on, args)

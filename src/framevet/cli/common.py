@@ -10,8 +10,16 @@ from typing import Any
 
 from framevet.errors import InputError
 from framevet.findings import Finding
+from framevet.load.inputs import ASM_SUFFIXES
 from framevet.report.formats import render
-from framevet.report.text import summary
+from framevet.report.suppress import (
+    inline_ignored,
+    inline_rule_ids,
+    new_findings,
+    read_baseline,
+    write_baseline,
+)
+from framevet.report.text import sort_findings, summary
 from framevet.rules import all_rules
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -43,6 +51,10 @@ def add_report_options(p: argparse.ArgumentParser, formats: tuple[str, ...] = FO
     p.add_argument("--sarif-root", metavar="DIR", default=".",
                    help="SARIF URIs are relative to DIR (uriBaseId SRCROOT; default: the "
                         "current directory), as GitHub code scanning wants the repository root")
+    p.add_argument("--baseline", metavar="FILE",
+                   help="report only findings that are not in this baseline")
+    p.add_argument("--write-baseline", metavar="FILE",
+                   help="record today's findings (by fingerprint) in FILE and exit 0")
     if explain:
         p.add_argument("--explain", action="store_true",
                        help="under each finding, the paths that lead to it with the stack "
@@ -64,6 +76,31 @@ def write_output(path: str, text: str) -> None:
             fh.write(text)
     except OSError as exc:
         raise InputError(path, f"cannot write the report: {exc.strerror or exc}") from None
+
+
+def known_findings(findings: list[Finding], args: argparse.Namespace,
+                   sources: list[str]) -> tuple[list[Finding], int]:
+    """The findings left after inline ``framevet: ignore[RULE]`` comments and
+    ``--baseline``, and how many those suppressed; ``--write-baseline`` records them."""
+    for path in sources:
+        if path.endswith(ASM_SUFFIXES):
+            known = all_rules()
+            for line, rid in inline_rule_ids(path):
+                if rid not in known:
+                    print(f"{path}:{line}: warning: unknown rule id {rid!r} in "
+                          "framevet: ignore[...]", file=sys.stderr)
+    findings = sort_findings(findings)
+    kept = [f for f in findings if not inline_ignored(f)]
+    root = getattr(args, "sarif_root", ".")
+    if getattr(args, "write_baseline", None):
+        try:
+            write_baseline(args.write_baseline, kept, root)
+        except OSError as exc:
+            raise InputError(args.write_baseline, f"cannot write the baseline: "
+                             f"{exc.strerror or exc}") from None
+    if getattr(args, "baseline", None):
+        kept = new_findings(kept, read_baseline(args.baseline), root)
+    return kept, len(findings) - len(kept)
 
 
 def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
@@ -98,11 +135,13 @@ def rule_ids(text: str, option: str) -> frozenset[str]:
     return ids
 
 
-def exit_code(findings: list[Any], errors: int, fail_on: str) -> int:
-    """2 after an input error, 1 for a finding at ``fail_on`` or worse, else 0."""
+def exit_code(findings: list[Any], errors: int, fail_on: str,
+              args: argparse.Namespace | None = None) -> int:
+    """2 after an input error, 1 for a finding at ``fail_on`` or worse, else 0 (also
+    after ``--write-baseline``: the findings are recorded, not failed on)."""
     if errors:
         return EXIT_ERROR
-    if fail_on == "never":
+    if fail_on == "never" or getattr(args, "write_baseline", None):
         return EXIT_CLEAN
     rank = _SEVERITY_RANK[fail_on]
     if any(_SEVERITY_RANK.get(f.severity, 1) >= rank for f in findings):

@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from framevet.cli.common import add_emulator_arguments, add_report_options, emit, exit_code
+from framevet.cli.common import (
+    add_emulator_arguments,
+    add_report_options,
+    emit,
+    exit_code,
+    known_findings,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -34,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from framevet.cli.emulation import run_diff_command
 
     findings = run_diff_command(args)
-    emit(findings, args)
+    findings, suppressed = known_findings(findings, args, [])
+    emit(findings, args, 2, suppressed)
     if not any(f.rule == "diff-divergence" for f in findings):
         print(f"framevet: no divergence between {args.a} and {args.b} in {args.runs} runs",
               file=sys.stderr)
-    return exit_code(findings, 0, args.fail_on)
+    return exit_code(findings, 0, args.fail_on, args)
