@@ -103,6 +103,14 @@ def known_findings(findings: list[Finding], args: argparse.Namespace,
     return kept, len(findings) - len(kept)
 
 
+def show(text: str, output: str | None) -> None:
+    """``text`` to ``-o FILE``, else stdout."""
+    if output:
+        write_output(output, text)
+    else:
+        sys.stdout.write(text)
+
+
 def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
          suppressed: int = 0, errors: int = 0) -> None:
     """Render ``findings`` as ``args`` asks, to ``-o FILE`` or stdout; the text format

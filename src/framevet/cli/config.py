@@ -8,7 +8,7 @@ from typing import Any
 
 from framevet.cfg.declarations import read_declarations
 from framevet.cfg.sidecar import find_sidecar
-from framevet.cli.common import EXIT_CLEAN
+from framevet.cli.common import EXIT_CLEAN, show
 from framevet.load import load_path
 from framevet.load.elf import STT_FUNC
 
@@ -19,6 +19,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--hints", metavar="TOML", help="declarations file (default: framevet.toml "
                    "in FILE's folder or the nearest parent that has one)")
     c.add_argument("--cflags", default="", help="extra flags for assembling .S inputs")
+    c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     c.set_defaults(func=run)
 
 
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     path = args.hints or find_sidecar(args.file)
     objs = load_path(args.file, args.cflags.split())
     if path is None:
-        print(f"# {args.file}: no framevet.toml in its folder or any parent; nothing declared")
+        show(f"# {args.file}: no framevet.toml in its folder or any parent; nothing "
+             "declared\n", args.output)
         return EXIT_CLEAN
     sc, functions, _ = read_declarations(path)
     defined = {s.name for o in objs for s in o.elf.symbols if s.defined and s.type == STT_FUNC}
@@ -62,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
         out.append("")
         out.append(f"# also declared there, for functions {args.file} does not define: "
                    + ", ".join(unused))
-    print("\n".join(out))
+    show("\n".join(out) + "\n", args.output)
     return EXIT_CLEAN

@@ -100,6 +100,9 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
     clobbers, stack = read_sidecar(getattr(args, "hints", None), file or getattr(args, "raw",
                                                                                  None))
     raw = getattr(args, "raw", None)
+    values = parse_values(getattr(args, "value", []) or [])
+    if getattr(args, "symbol", None) and not raw:
+        raise InputError("--symbol", "names call targets of a raw stub; it needs --raw STUB.bin")
     if raw:
         link_with: list[LoadedObject] = load_path(file, _cflags(args)) if file else []
         found = run_raw(read_file(raw), parse_int(str(getattr(args, "base", "0")), "--base"),
@@ -107,7 +110,7 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
                         symbols=parse_symbols(getattr(args, "symbol", []) or []),
                         max_size=getattr(args, "max_size", None), args_spec=args.args,
                         runs=runs, seed=seed, unwind=unwind, link_with=link_with, path=raw,
-                        profile=_profile(args, "kernel"), clobbers=clobbers,
+                        profile=_profile(args, "kernel"), clobbers=clobbers, values=values,
                         abi=getattr(args, "abi", None) or "sysv", **emulator_options(args))
     else:
         if not file:
@@ -121,7 +124,7 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
         stats = RunStats()
         found = run_abi(objs, function, args.args, runs=runs, seed=seed, unwind=unwind,
                         profile=profile, clobbers=clobbers, stack_args=stack.get(function, 0),
-                        stats=stats, abi=getattr(args, "abi", None) or "sysv",
+                        stats=stats, abi=getattr(args, "abi", None) or "sysv", values=values,
                         **emulator_options(args))
         found += run_write_order(objs, function, decls, declared, runs=runs, seed=seed,
                                  profile=profile, args_spec=args.args)
@@ -130,6 +133,17 @@ def run_abi_command(args: argparse.Namespace) -> list[Any]:
             out += avx_findings(objs, function, profile)
         return out
     return [to_report(f) for f in found]
+
+
+def parse_values(items: list[str]) -> dict[str, int]:
+    """``--value SYMBOL=VALUE`` items: the 8-byte initial value of undefined data symbols."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError("--value", f"expected SYMBOL=VALUE, got {item!r}")
+        out[name.strip()] = parse_int(value.strip(), "--value")
+    return out
 
 
 def avx_findings(objs: list[LoadedObject], function: str, profile: str) -> list[Any]:
@@ -187,5 +201,5 @@ def run_diff_command(args: argparse.Namespace) -> list[Any]:
     found = diff(a, b, runs=int(getattr(args, "runs", 16)), seed=int(getattr(args, "seed", 0)),
                  args_spec=getattr(args, "args", None), compare=comp, cflags=cflags,
                  profile=_profile(args, "kernel" if both_raw else "user"),
-                 **emulator_options(args))
+                 values=parse_values(getattr(args, "value", []) or []), **emulator_options(args))
     return [to_report(f) for f in found]

@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         target = args.file if args.in_place else args.output
         if not args.in_place and os.path.abspath(target) == os.path.abspath(args.file):
             raise InputError(args.file, "refusing to overwrite the input; use --in-place")
-        write_atomically(target, data)
+        try:
+            write_atomically(target, data, args.file if args.in_place else None)
+        except OSError as exc:
+            raise InputError(target, f"cannot write: {exc.strerror or exc}") from None
     return EXIT_CLEAN
 
 

@@ -9,6 +9,7 @@ seen during runs and the end-of-run checks become :class:`Finding` s, one per
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,13 +91,28 @@ def clobber_sets(clobbers: Mapping[str, Iterable[str]] | None) -> dict[str, froz
     return out
 
 
+_ADDRESS = re.compile(r"(?<![$\w])0x([0-9a-f]{4,})\b")
+
+
+def _named(image: Image, text: str) -> str:
+    """An instruction's branch targets and memory addresses by name (``jb memcpy+0x200``,
+    ``cmp __x86_shared_non_temporal_threshold,%rdx``) where the image knows them."""
+    def name(m: re.Match[str]) -> str:
+        addr = int(m.group(1), 16)
+        where = image.describe(addr)
+        return m.group(0) if where.startswith("0x") else where
+
+    return _ADDRESS.sub(name, text)
+
+
 def trace_lines(image: Image, res: RunResult, pcs: list[int] | None = None,
                 prefix: str = "") -> list[str]:
     """Disassembly of the last instructions a run executed, oldest first."""
     out: list[str] = []
     repeat = 0
     for pc in pcs if pcs is not None else res.trace:
-        text = "(external call stub)" if pc in image.extern_at else res.text_at(pc)
+        text = ("(external call stub)" if pc in image.extern_at
+                else _named(image, res.text_at(pc)))
         line = f"{prefix}{image.describe(pc)}: {text}"
         if out and out[-1] == line:
             repeat += 1

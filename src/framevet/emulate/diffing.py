@@ -133,6 +133,21 @@ def first_divergence(a: RunResult, b: RunResult, regs: list[int], mask: int,
     return None
 
 
+def _limitation(ra: RunResult, rb: RunResult, sa: Side, sb: Side, run: int,
+                seed: int) -> Finding | None:
+    """A run the emulator could not finish (an instruction it cannot run, an internal
+    error) says nothing about the code: ``emulation-error``, never a divergence."""
+    for res, side in ((ra, sa), (rb, sb)):
+        f = res.fault
+        if f is not None and f.rule == EMULATION_ERROR:
+            msg = (f"{sa.name} and {sb.name} cannot be compared from run {run} (seed {seed}) "
+                   f"on: {side.name} {f.message}")
+            return finding_at(side.image, f.pc, EMULATION_ERROR, "warning", msg,
+                              trace_lines(side.image, res, prefix=f"{side.name}: "),
+                              side.display)
+    return None
+
+
 def diff_sides(sa: Side, sb: Side, specs: list[ArgSpec], runs: int, seed: int,
                budget: Budget, compare: str | Sequence[str], profile: str,
                stats: object | None = None, backend: str = "unicorn",
@@ -144,6 +159,9 @@ def diff_sides(sa: Side, sb: Side, specs: list[ArgSpec], runs: int, seed: int,
         state = make_state(specs, seed, run)
         ra = cls(sa.image, state, sa.entry, budget, profile).run()
         rb = cls(sb.image, state, sb.entry, budget, profile).run()
+        limit = _limitation(ra, rb, sa, sb, run, seed)
+        if limit is not None:
+            return ra.steps + rb.steps, ra.rep_iters + rb.rep_iters, limit
         d = first_divergence(ra, rb, regs, mask, sa, sb)
         found = None if d is None else _finding(sa, sb, ra, rb, run, seed, d)
         return ra.steps + rb.steps, ra.rep_iters + rb.rep_iters, found

@@ -9,6 +9,7 @@ symbols shift by one, with every relocation renumbered.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import tempfile
 
@@ -119,13 +120,22 @@ def orc_object(elf: ElfObject, rows: list[OrcRow]) -> bytes:
     return bytes(out)
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write via a temporary file in the same directory and rename over ``path``."""
+def write_atomically(path: str, data: bytes, mode_of: str | None = None) -> None:
+    """Write via a temporary file in the same directory and rename over ``path``.
+    The file gets the mode of ``mode_of`` (the input, for an in-place rewrite), else the
+    mode a new file gets (0666 less the umask), not mkstemp's private 0600."""
     d = os.path.dirname(os.path.abspath(path))
+    if mode_of is not None:
+        mode = stat.S_IMODE(os.stat(mode_of).st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=".framevet-", dir=d)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
