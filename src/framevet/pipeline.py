@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from framevet import rules
 from framevet.cfg.build import build
@@ -12,7 +13,7 @@ from framevet.cfg.program import Program
 from framevet.findings import Finding, SymbolIndex
 from framevet.load.elf import STT_FILE
 from framevet.load.object import LoadedObject
-from framevet.stack.explain import explain
+from framevet.stack.explain import explain, listing
 from framevet.stack.walker import Walker, WalkOptions, WalkResult
 from framevet.stack.walkresult import Warning
 from framevet.unwind.userwalk import user_walk, with_fde_functions
@@ -51,6 +52,9 @@ class Options:
     stats: bool = False
     #: attach the paths that lead to each finding (``--explain``)
     explain: bool = False
+    #: the annotated disassembly of functions for the HTML report: "findings" (those
+    #: with findings) or "all"; "" for none
+    listings: str = ""
 
 
 @dataclass
@@ -62,6 +66,8 @@ class Context:
     symbols: SymbolIndex
     hints: Hints
     findings: list[Finding] = field(default_factory=list)
+    #: annotated disassembly per function name (``Options.listings``)
+    listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: findings objtool counts as warnings before its unreachable-instruction check
     #: (retpoline checks and the walk's)
     counted: int = 0
@@ -168,7 +174,24 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
             break       # objtool gives up (exit 255): nothing after it, no ORC
     if options.explain:
         add_explanations(out, prog, result, arrivals)
+    if options.listings:
+        ctx.listings = function_listings(ctx, options.listings == "all")
     return ctx
+
+
+def function_listings(ctx: Context, every: bool) -> dict[str, list[dict[str, Any]]]:
+    """Function name -> its annotated disassembly (see :func:`stack.explain.listing`), for
+    every function with a finding, or every function."""
+    prog = ctx.prog
+    namer = Namer(prog.elf)
+    wanted = {f.location.symbol for f in ctx.findings if f.location is not None}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for fi, f in enumerate(prog.functions):
+        if f.parent != fi or not f.canonical or f.name in out:
+            continue
+        if every or f.name in wanted:
+            out[f.name] = listing(prog, ctx.result, namer, fi, ctx.obj.source_of)
+    return out
 
 
 def add_explanations(findings: list[Finding], prog: Program, result: WalkResult,

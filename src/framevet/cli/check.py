@@ -33,6 +33,9 @@ def add_parser(sub: Any) -> None:
                    help="vmlinux.o-style linked object (implied by --noinstr/--ibt/--unret)")
     add_report_options(c, ("text", "objtool", "json", "sarif", "html"), explain=True)
     c.add_argument("--disable", default="", help="comma-separated rule ids to leave out")
+    c.add_argument("--all", action="store_true",
+                   help="HTML report: every function's annotated disassembly, not only those "
+                        "with findings")
     c.add_argument("--objtool-only", action="store_true",
                    help="only objtool 6.1's checks, stopping each function at its first "
                         "warning exactly as objtool does")
@@ -53,11 +56,14 @@ def options(args: argparse.Namespace) -> Options:
         disabled=rule_ids(args.disable, "--disable"),
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module,
-        stats=getattr(args, "stats", False), explain=args.explain)
+        stats=getattr(args, "stats", False),
+        explain=args.explain or args.format == "html",
+        listings="all" if args.all else "findings" if args.format == "html" else "")
 
 
 def run(args: argparse.Namespace) -> int:
-    findings, errors = collect(args, "check", options(args))
-    findings, suppressed = known_findings(findings, args, args.files)
-    emit(findings, args, len(args.files), suppressed, errors)
+    run = collect(args, "check", options(args))
+    findings, suppressed = known_findings(run.findings, args, args.files)
+    errors = run.errors
+    emit(findings, args, len(args.files), suppressed, errors, run.listings)
     return exit_code(findings, errors, args.fail_on, args)

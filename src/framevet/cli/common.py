@@ -12,6 +12,7 @@ from framevet.errors import InputError
 from framevet.findings import Finding
 from framevet.load.inputs import ASM_SUFFIXES
 from framevet.report.formats import render
+from framevet.report.html import Listings
 from framevet.report.suppress import (
     inline_ignored,
     inline_rule_ids,
@@ -112,14 +113,14 @@ def show(text: str, output: str | None) -> None:
 
 
 def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
-         suppressed: int = 0, errors: int = 0) -> None:
+         suppressed: int = 0, errors: int = 0, listings: Listings | None = None) -> None:
     """Render ``findings`` as ``args`` asks, to ``-o FILE`` or stdout; the text format
     ends with a one-line summary on stderr (not with ``--quiet``, and not after an
     input error, whose one line is then all stderr says)."""
     fmt = getattr(args, "format", "text")
     text = render(findings, fmt, explain=bool(getattr(args, "explain", False)),
                   colour=fmt == "text" and _colour(args),
-                  root=getattr(args, "sarif_root", "."))
+                  root=getattr(args, "sarif_root", "."), listings=listings)
     output = getattr(args, "output", None)
     if output:
         write_output(output, text)

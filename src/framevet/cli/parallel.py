@@ -36,6 +36,7 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
     objects define (``{"declared": {path: [names]}}``)."""
     path, members = (task, None) if isinstance(task, str) else task
     declared: dict[str, list[str]] = {}
+    listings: list[list[Any]] = []
     try:
         out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags, members):
@@ -52,6 +53,7 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
                 if options.stats:
                     reach = coverage(ctx.prog, ctx.result.visited)
                     print(f"{obj.display}: stats: {reach.text()}", file=sys.stderr, flush=True)
+                listings.extend([obj.display, name, rows] for name, rows in ctx.listings.items())
                 if ctx.hints.source is not None:
                     # a table names a function, a label or an address ("0x...")
                     names = {f.name for f in ctx.prog.functions}
@@ -59,7 +61,7 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
                     declared.setdefault(ctx.hints.source, []).extend(
                         n for n in ctx.hints.functions if n in names or n.startswith("0x"))
             out.extend(asdict(f) for f in found)
-        return out, "", {"declared": declared}
+        return out, "", {"declared": declared, "listings": listings}
     except InputError as exc:
         return [], str(exc), {}
     except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
@@ -74,6 +76,8 @@ class Collected:
     errors: int
     #: declarations file -> the functions it names that some input defines
     declared: dict[str, set[str]] = field(default_factory=dict)
+    #: (input, function) -> annotated disassembly, for the HTML report
+    listings: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.findings, self.errors))
@@ -94,6 +98,8 @@ def collect(args: argparse.Namespace, job: str, options: Options | None) -> Coll
             print(err, file=sys.stderr)
             run.errors += 1
         run.findings.extend(unpack(d) for d in packed)
+        for file, name, rows in extra.get("listings", ()):
+            run.listings[(file, name)] = rows
         for source, names in extra.get("declared", {}).items():
             run.declared.setdefault(source, set()).update(names)
     if not run.errors:

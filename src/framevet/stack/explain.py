@@ -9,6 +9,7 @@ that path's state; the two chains meet where the paths split.
 
 from __future__ import annotations
 
+import linecache
 from collections.abc import Callable
 from typing import Any
 
@@ -139,24 +140,26 @@ def _kept(prog: Program, gids: list[int], states: list[Any]) -> list[bool]:
 
 
 def listing(prog: Program, result: WalkResult, namer: Namer, fi: int,
-            source_of: Callable[[str, int], tuple[str, int] | None],
-            source_text: Callable[[str, int], str]) -> list[dict[str, Any]]:
-    """Function ``fi`` instruction by instruction, as the HTML report shows it: address,
-    bytes, instruction, the state before it, and its source line."""
+            source: Callable[[str, int], tuple[str, int] | None]) -> list[dict[str, Any]]:
+    """Function ``fi`` (with its ``.cold`` part) instruction by instruction, as the HTML
+    report shows it: address, bytes, instruction, the state before it, source line."""
+    f = prog.functions[fi]
+    parts = {fi} | ({f.child} if f.child >= 0 else set())
     rows: list[dict[str, Any]] = []
     for g in range(len(prog.off)):
-        if prog.func[g] != fi:
+        if prog.func[g] not in parts:
             continue
         sec = prog.elf.sections[prog.sec_of[g]]
         off = prog.off[g]
-        cfi = result.cfi[g]
-        src = source_of(sec.name, off)
+        cfi = result.cfi[g] if g < len(result.cfi) else None
+        src = source(sec.name, off)
+        text = linecache.getline(src[0], src[1]).strip() if src else ""
         rows.append({
             "section": sec.name, "offset": off, "address": sec.addr + off,
+            "where": namer.place(prog, g),
             "bytes": sec.data[off:off + prog.length[g]].hex(" "),
             "insn": insn_text(prog, g, namer), "state": describe_state(cfi),
             "cfa": cfi[1] if cfi is not None and cfi[0] != UNDEFINED else None,
-            "line": src[1] if src else None,
-            "source": source_text(*src).strip() if src else "",
+            "line": src[1] if src else None, "source": text,
         })
     return rows
