@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
+from framevet.api import table_rows
 from framevet.cli.common import EXIT_CLEAN, show
 from framevet.errors import InputError
 from framevet.load import load_path
-from framevet.unwind.cfarule import reg_name
 from framevet.unwind.cfatable import CfaTable, cfa_table
 
 
@@ -27,27 +27,17 @@ def add_parser(sub: Any) -> None:
 
 
 def rows_by_function(table: CfaTable, wanted: set[str] | None) -> list[dict[str, Any]]:
-    """Each function's rows: the rule at its first instruction, then every change."""
-    prog = table.prog
-    out: list[dict[str, Any]] = []
-    funcs = sorted((f for f in prog.functions if f.canonical),
-                   key=lambda f: (f.sec, f.start))
-    for f in funcs:
-        if wanted is not None and f.name not in wanted:
+    """Each function's rows as plain data (see :func:`framevet.api.table_rows`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in table_rows(table):
+        if wanted is not None and row.function not in wanted:
             continue
-        section = prog.section_name(f.sec)
-        rows = table.rows.get(section, [])
-        first = table.at(f.sec, f.start)
-        entries = [(f.start, first)] + [(r.offset, r.rule) for r in rows
-                                         if f.start < r.offset < f.end]
-        addr = prog.elf.sections[f.sec].addr
-        out.append({"function": f.name, "section": section, "start": f.start, "end": f.end,
-                    "rows": [{"offset": off, "address": addr + off,
-                              "where": f"{f.name}+0x{off - f.start:x}",
-                              "cfa": rule.cfa_text(), "text": rule.text(),
-                              "registers": {reg_name(r): t for r, t in rule.reg_rules()}}
-                             for off, rule in entries]})
-    return out
+        f = out.setdefault(row.function, {"function": row.function, "section": row.section,
+                                          "rows": []})
+        rule = f"cfa={row.cfa}" + "".join(f" {r}={t}" for r, t in row.registers.items())
+        f["rows"].append({"offset": row.offset, "address": row.address, "where": row.where,
+                          "cfa": row.cfa, "text": rule, "registers": row.registers})
+    return list(out.values())
 
 
 def run(args: argparse.Namespace) -> int:
