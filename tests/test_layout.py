@@ -12,7 +12,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "framevet"
 MAX_MODULE_LINES = 600
-MAX_TOP_LEVEL_ENTRIES = 14
+#: 14 stages and shared records, plus framevet.api, the public Python API (docs/api.md)
+MAX_TOP_LEVEL_ENTRIES = 15
 
 
 def _module_name(path: Path) -> str:
