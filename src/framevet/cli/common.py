@@ -90,17 +90,19 @@ def known_findings(findings: list[Finding], args: argparse.Namespace,
                 if rid not in known:
                     print(f"{path}:{line}: warning: unknown rule id {rid!r} in "
                           "framevet: ignore[...]", file=sys.stderr)
-    findings = sort_findings(findings)
+    # (the order is the renderer's business: objtool's format keeps objtool's order)
     kept = [f for f in findings if not inline_ignored(f)]
     root = getattr(args, "sarif_root", ".")
     if getattr(args, "write_baseline", None):
         try:
-            write_baseline(args.write_baseline, kept, root)
+            write_baseline(args.write_baseline, sort_findings(kept), root)
         except OSError as exc:
             raise InputError(args.write_baseline, f"cannot write the baseline: "
                              f"{exc.strerror or exc}") from None
     if getattr(args, "baseline", None):
-        kept = new_findings(kept, read_baseline(args.baseline), root)
+        new = {id(f) for f in new_findings(sort_findings(kept), read_baseline(args.baseline),
+                                           root)}
+        kept = [f for f in kept if id(f) in new]
     return kept, len(findings) - len(kept)
 
 
