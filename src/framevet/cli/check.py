@@ -57,8 +57,13 @@ def options(args: argparse.Namespace) -> Options:
         all_warnings=not args.objtool_only, hints_file=args.hints,
         objtool_only=args.objtool_only, module=args.module,
         stats=getattr(args, "stats", False),
-        explain=args.explain or args.format == "html",
-        listings="all" if args.all else "findings" if args.format == "html" else "")
+        explain=_html(args) or bool(getattr(args, "explain", False)),
+        listings="all" if getattr(args, "all", False) else "findings" if _html(args) else "")
+
+
+def _html(args: argparse.Namespace) -> bool:
+    """(``scan`` reuses these options without a report format of its own.)"""
+    return getattr(args, "format", "text") == "html"
 
 
 def run(args: argparse.Namespace) -> int:
