@@ -221,10 +221,13 @@ class Walker(TransferChecks):
             self._walk(func, g, state)
 
     # -- the walk ----------------------------------------------------------
-    def _meet(self, g: int, state: list[int], is_hint: bool, v: int, vbit: int) -> int:
-        """A path reaches ``g`` already visited (marks ``v``): -1 to stop the path,
-        :data:`_MISMATCH` to stop the function, else the marks to go on with (none: the
-        code is walked again with the frame a new stack's path had left it without)."""
+    def _meet(self, g: int, state: list[int], is_hint: bool, v: int, vbit: int,
+              prev: int) -> int:
+        """A path reaches ``g`` already visited (marks ``v``), coming from ``prev``: -1 to
+        stop the path, :data:`_MISMATCH` to stop the function, else the marks to go on with
+        (none: the code is walked again with the frame a new stack's path had left it
+        without)."""
+        self._via = (prev, state)
         joined = 0 if is_hint else join_new_stack(self.cfi[g], state)
         if joined:
             return -1 if joined > 0 else 0
@@ -267,9 +270,7 @@ class Walker(TransferChecks):
                     is_hint = is_marked and self._hint_at(func, g, wsec)
                     vbit = 1 << state[UACCESS]
                     v = visited[g]
-                    if v & 3:
-                        self._via = (prev, state)
-                    if v & 3 and (v := self._meet(g, state, is_hint, v, vbit)) < 0:
+                    if v & 3 and (v := self._meet(g, state, is_hint, v, vbit, prev)) < 0:
                         if v == _MISMATCH:
                             return
                         break
