@@ -24,7 +24,15 @@ from framevet.cfg.program import (
 )
 from framevet.decode import insn as d
 from framevet.decode.insn import DecodedSection, decode_section
-from framevet.load.elf import R_X86_64_PC32, STT_FILE, STT_FUNC, STT_SECTION, ElfObject, Symbol
+from framevet.load.elf import (
+    R_X86_64_PC32,
+    STB_GLOBAL,
+    STT_FILE,
+    STT_FUNC,
+    STT_SECTION,
+    ElfObject,
+    Symbol,
+)
 
 
 def build(elf: ElfObject, profile: str = "kernel", uaccess: bool = False,
@@ -150,6 +158,8 @@ def _user_fixups(prog: Program) -> None:
             g = prog.base[ds.index] + i
             if prog.ops[g] is None and kind[g] == d.OTHER:
                 prog.ops[g] = USER_SP_WRITE
+    if prog.elf.got:
+        _got_calls(prog)
     for g, k in enumerate(kind):
         if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
             continue
@@ -158,6 +168,28 @@ def _user_fixups(prog: Program) -> None:
             n = prog.next_same_sec(n)
         if n < 0 or func[n] != func[g]:
             prog.dead_end[g] = 1
+
+
+def _got_calls(prog: Program) -> None:
+    """``call *slot(%rip)`` / ``jmp *slot(%rip)`` through a GOT slot the dynamic linker
+    fills with a named function (``-fno-plt``, ``_start``'s ``__libc_start_main``):
+    a call of that function, ``NAME@got``."""
+    got = prog.elf.got
+    named: dict[str, Symbol] = {}
+    for g, k in enumerate(prog.kind):
+        if k not in (d.CALL_DYNAMIC, d.JUMP_DYNAMIC) or prog.call_dest[g] is not None:
+            continue
+        insn = prog.instruction(g, address=True)
+        if not insn.is_ip_rel_memory_operand:
+            continue
+        name = got.get(insn.ip_rel_memory_address)
+        if name is None:
+            continue
+        sym = named.get(name)
+        if sym is None:
+            sym = named[name] = Symbol(len(prog.elf.symbols) + len(named), f"{name}@got", 0, 0,
+                                       STT_FUNC, STB_GLOBAL, 0, 0)
+        prog.call_dest[g] = sym
 
 
 def _iret_probe(funcs: list[Symbol]) -> object:

@@ -95,6 +95,9 @@ class ElfObject:
     relocs: dict[int, list[Reloc]]
     symtab_index: int
     raw: bytes = field(repr=False)
+    #: linked images: address of a GOT slot -> the name of the symbol it holds
+    #: (see :mod:`framevet.load.plt`)
+    got: dict[int, str] = field(default_factory=dict, repr=False)
     _reloc_offsets: dict[int, list[int]] = field(default_factory=dict, repr=False)
     _by_name: dict[str, Section] = field(default_factory=dict, repr=False)
     #: what later stages derive from the sections alone (the DWARF CFI), computed once

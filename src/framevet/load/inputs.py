@@ -7,6 +7,7 @@ from framevet.load.archive import is_archive, iter_members
 from framevet.load.asm import assemble
 from framevet.load.elf import parse_elf
 from framevet.load.object import LoadedObject, read_file
+from framevet.load.plt import with_plt_symbols
 
 ASM_SUFFIXES = (".S", ".s", ".sx", ".asm")
 
@@ -47,4 +48,4 @@ def load_path(path: str, cflags: list[str] | None = None,
         if not out and members is None:
             raise InputError(path, "archive holds no ELF objects")
         return out
-    return [LoadedObject(parse_elf(data, path), path)]
+    return [LoadedObject(with_plt_symbols(parse_elf(data, path)), path)]

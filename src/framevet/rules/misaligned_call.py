@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet.cfg.noreturn import is_noreturn
+from framevet.cfg.noreturn import is_noreturn, is_plt_stub
 from framevet.decode import insn as d
 from framevet.decode.state import CFA_BASE, DRAP, STACK, UNDEFINED
 from framevet.rules.registry import Rule, register
@@ -26,11 +26,11 @@ def check(ctx: Context) -> Iterator[Finding]:
         if g in prog.intra_calls:
             continue
         cd = prog.call_dest[g]
-        if k == d.CALL and is_noreturn(prog, cd):
+        if is_noreturn(prog, cd):
             continue  # GCC does not align for calls that never return (abort, panic)
         if ".cold" in prog.functions[prog.func[g]].name:
             continue  # cold partitions: error paths into noreturn calls framevet cannot name
-        if k == d.CALL and cd is not None and cd.defined:
+        if k == d.CALL and cd is not None and cd.defined and not is_plt_stub(cd):
             # GCC's -fipa-stack-alignment skips the adjustment for callees in the same
             # object that it knows do not need it; only calls out can be judged
             continue

@@ -245,7 +245,7 @@ def successors(prog: Program, g: int) -> list[int]:
             out.append(prog.jump_dest[g])
         if k == d.JUMP_UNCOND:
             return out
-    if k == d.CALL and is_noreturn(prog, prog.call_dest[g]):
+    if k in (d.CALL, d.CALL_DYNAMIC) and is_noreturn(prog, prog.call_dest[g]):
         return out
     n = prog.next_same_sec(g)
     if n >= 0:

@@ -68,7 +68,7 @@ class TransferChecks:
                     and not _valid_frame(state)):
                 self.warn(g, "call-without-frame-pointer",
                           "call without frame pointer save/setup", fatal=False, sec=wsec)
-            if k == d.CALL and is_noreturn(prog, prog.call_dest[g]):
+            if is_noreturn(prog, prog.call_dest[g]):
                 return _END
         elif k == d.JUMP_COND or k == d.JUMP_UNCOND:
             if is_sibling_call(prog, g):

@@ -129,7 +129,7 @@ class _Checker:
         if fix:
             det["fix"] = list(fix)
         self.out.append(CfiFinding(self.obj.display, rule, message, severity, loc, src, det,
-                                   list(fix or [])))
+                                   fix=list(fix or [])))
 
     # -- driver ------------------------------------------------------------------
     def run(self) -> list[CfiFinding]:
@@ -364,7 +364,31 @@ class _Checker:
 
     # -- explanations -------------------------------------------------------------
     def _disasm(self, g: int) -> str:
-        return str(self.fmt.format(self.prog.instruction(g, address=True)))
+        """The instruction as GNU as writes it; in a linked image a branch target is
+        named as objdump names it (``call abort@plt``, ``jne f+0x1c``) and a GOT slot
+        by the function it holds."""
+        insn = self.prog.instruction(g, address=True)
+        text = str(self.fmt.format(insn))
+        if self.elf.relocatable:
+            return text
+        if insn.op_count == 1 and insn.op0_kind == iced_x86.OpKind.NEAR_BRANCH64:
+            name = self._address_name(insn.near_branch_target)
+            if name:
+                text = f"{text.split(' ', 1)[0]} {name}"
+        elif insn.is_ip_rel_memory_operand and insn.ip_rel_memory_address in self.elf.got:
+            text += f"  # {self.elf.got[insn.ip_rel_memory_address]}@got"
+        return text
+
+    def _address_name(self, addr: int) -> str:
+        """``symbol+0xoff`` for an address of a linked image's code ("" if unnamed)."""
+        for ds in self.prog.sections:
+            sec = self.elf.sections[ds.index]
+            if sec.addr <= addr < sec.addr + sec.size:
+                loc = self.syms.locate(ds.index, addr - sec.addr)
+                if loc.symbol is None:
+                    return ""
+                return loc.symbol + (f"+0x{loc.symbol_offset:x}" if loc.symbol_offset else "")
+        return ""
 
     def _name(self, g: int) -> str:
         return self.syms.locate(self.prog.sec_of[g], self.prog.off[g]).text()
