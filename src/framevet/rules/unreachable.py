@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from framevet.cfg.noreturn import is_noreturn
+from framevet.cfg.noreturn import dead_after_noreturn, is_noreturn
 from framevet.cfg.program import SKIP_ORC_SECTIONS
 from framevet.decode import insn as d
 from framevet.rules.registry import Rule, register
@@ -26,10 +26,15 @@ def check(ctx: Context) -> Iterator[Finding]:
     prog, visited = ctx.prog, ctx.result.visited
     if prog.ignore_unreachables:
         return
+    aborted = ctx.result.aborted
     first = not ctx.counted
     in_run = False
+    # profile user: code only a call that never returns leads to is dead, not broken
+    dead = dead_after_noreturn(prog, visited) if prog.profile == "user" else set()
     for g in range(len(prog.off)):
-        if visited[g] or _ignored(ctx, g):
+        fi = prog.func[g]
+        if visited[g] or g in dead or (fi >= 0 and prog.functions[fi].parent in aborted) \
+                or _ignored(ctx, g):
             in_run = False
             continue
         if in_run:
@@ -54,7 +59,8 @@ def _ignored(ctx: Context, g: int) -> bool:
         return False        # (objtool judges code outside functions as it is)
     prev = g - 1
     if prev >= 0 and (prog.dead_end[prev] or (
-            prog.kind[prev] == d.CALL and is_noreturn(prog, prog.call_dest[prev]))):
+            prog.kind[prev] in (d.CALL, d.CALL_DYNAMIC)
+            and is_noreturn(prog, prog.call_dest[prev]))):
         jd = prog.jump_dest[g]
         # (in linked images, outside functions too: Xen's entry code follows
         # ``call fatal_trap`` with a BUG)

@@ -10,7 +10,6 @@ warning of a function -- which ends its walk, as in objtool -- is the same one.
 
 from __future__ import annotations
 
-import contextlib
 from array import array
 
 from framevet.cfg.noinstr import PvOps, is_noinstr_section
@@ -98,6 +97,7 @@ class Walker(TransferChecks):
         self._pv: PvOps | None = None
         #: instructions that overwrite a register some ``mov %reg,%rsp`` reads
         self.copy_killers = copy_killers(prog)
+        self.aborted: set[int] = set()
 
     # -- reporting -------------------------------------------------------
     def warn(self, g: int, rule: str, msg: str, fatal: bool = True, sec: int = -1) -> None:
@@ -122,9 +122,9 @@ class Walker(TransferChecks):
                                       prog.functions[i].sym.index))
         if prog.profile == "user":
             # a cold part whose parent has no name (stripped image) is entered by a jump
-            # from that parent: walk it from its start only if nothing reached it
-            cold = [fi for fi in order if ".cold" in prog.functions[fi].name]
-            order = [fi for fi in order if ".cold" not in prog.functions[fi].name] + cold
+            # from that parent; one nothing reached is walked last, from its FDE's
+            # first row (framevet.unwind.userwalk)
+            order = [fi for fi in order if ".cold" not in prog.functions[fi].name]
         for fi in order:
             f = prog.functions[fi]
             if not f.canonical or f.parent != fi:
@@ -156,7 +156,8 @@ class Walker(TransferChecks):
         self._unnamed_functions()
         self._entry_labels()
         return WalkResult(self.cfi, self.warnings, self.visited,
-                          [*self.intern.values(), *self.hints.values()], self.pred)
+                          [*self.intern.values(), *self.hints.values()], self.pred,
+                          self.aborted)
 
     def _unnamed_functions(self) -> None:
         """Code no symbol covers that starts with ``call __fentry__`` is a function
@@ -217,8 +218,11 @@ class Walker(TransferChecks):
                         self._walk_from(fi, lg, st)
 
     def _walk_from(self, func: int, g: int, state: list[int]) -> None:
-        with contextlib.suppress(WalkAborted):
+        try:
             self._walk(func, g, state)
+        except WalkAborted:
+            if func >= 0:
+                self.aborted.add(self.prog.functions[func].parent)
 
     # -- the walk ----------------------------------------------------------
     def _meet(self, g: int, state: list[int], is_hint: bool, v: int, vbit: int,

@@ -41,6 +41,9 @@ class WalkResult:
     states: list[tuple[int, ...]] = field(default_factory=list)
     #: per gid, the instruction the walk first reached it from (-1: a walk's start)
     pred: array[int] = field(default_factory=lambda: array("i"))
+    #: functions (parents) whose walk a warning ended, as objtool ends it: what the
+    #: walk did not reach there is not known to be unreachable
+    aborted: set[int] = field(default_factory=set)
 
 
 class WalkAborted(Exception):

@@ -14,9 +14,14 @@ from framevet.decode.state import (
     CFA_OFF,
     DRAP_OFF,
     NREGS,
+    REGS,
     SP_INDIRECT,
+    STACK,
+    STACK_UNKNOWN,
     UNDEFINED,
     USER_SP_DEREF,
+    VALS,
+    blank_state,
 )
 
 #: hardware register number -> DWARF register number (x86-64 SysV psABI)
@@ -122,3 +127,30 @@ def rule_for(cfi: tuple[int, ...] | None) -> CfaRule:
     saved.sort()
     other.sort()
     return CfaRule(kind, reg, off, tuple(saved), tuple(other), post=post)
+
+
+def is_entry_rule(rule: CfaRule) -> bool:
+    """The unwind rule of a function's first instruction: ``cfa=rsp+8``, the return
+    address at ``cfa-8`` (or undefined: the outermost frame, ``_start``), no other
+    register saved."""
+    return (rule.kind == CFA_REG and rule.reg == HW_TO_DWARF[d.SP] and rule.off == 8
+            and all(r == 16 and o == -8 for r, o in rule.saved)
+            and all(t == "undefined" for _, t in rule.other))
+
+
+def state_for(rule: CfaRule) -> list[int] | None:
+    """The stack state a DWARF row describes when it puts the CFA on rsp or rbp and
+    saves registers in CFA-relative slots (None for any other row)."""
+    base = {HW_TO_DWARF[d.SP]: d.SP, HW_TO_DWARF[d.BP]: d.BP}.get(rule.reg, -1)
+    if rule.kind != CFA_REG or base < 0 or any(t != "undefined" for _, t in rule.other):
+        return None
+    st = blank_state()
+    st[CFA_BASE], st[CFA_OFF] = base, rule.off
+    st[STACK] = rule.off if base == d.SP else STACK_UNKNOWN * 2
+    if base == d.BP:
+        st[VALS + 2 * d.BP], st[VALS + 2 * d.BP + 1] = CFA, -rule.off
+    dwarf_to_hw = {dw: hw for hw, dw in HW_TO_DWARF.items()}
+    for r, o in rule.saved:
+        hw = dwarf_to_hw[r]
+        st[REGS + 2 * hw], st[REGS + 2 * hw + 1] = CFA, o
+    return st

@@ -8,6 +8,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import replace
 
+from framevet.cfg.noreturn import dead_after_noreturn
 from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import (
@@ -20,6 +21,7 @@ from framevet.decode.state import (
 )
 from framevet.load.elf import STB_LOCAL, STT_FUNC, ElfObject, Symbol
 from framevet.stack.walker import Walker, WalkOptions, WalkResult, load_cfi
+from framevet.unwind.cfarule import is_entry_rule, state_for
 from framevet.unwind.dwarf import call_sites, read_cfi
 
 #: functions entered with extra words on the stack above the return address: glibc's
@@ -45,7 +47,8 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
        (``memmove-ssse3``'s computed jumps into 64-byte blocks): still unvisited
        instructions of a function whose unresolved indirect jumps all have one
        state get that state.  These gids are returned as *inferred*;
-    4. alignment padding (:func:`fill_padding`).
+    4. cold parts no jump of their parent reached, from their FDE's first row;
+    5. alignment padding (:func:`fill_padding`).
     """
     _calls_into_other_functions(prog)
     opts = opts or WalkOptions(all_warnings=True)
@@ -55,6 +58,7 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     result = w.run()
     _walk_landing_pads(w)
     inferred = _walk_computed_targets(w)
+    _walk_unreached_cold_parts(w)
     fill_padding(prog, result)
     return result, inferred
 
@@ -69,11 +73,9 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
     """A linked image whose symbol table leaves code out (stripped: only .dynsym):
     a copy with one local STT_FUNC per FDE that starts where no function does, so
     that local functions are walked from their entry, and calls to them are calls."""
-
     starts = {(s.shndx, s.offset) for s in elf.symbols if s.type == STT_FUNC and s.defined}
     extra: list[Symbol] = []
     n = len(elf.symbols)
-    called: set[int] | None = None
     for fde in read_cfi(elf).fdes:
         if fde.section < 0 or (fde.section, fde.start) in starts or fde.end <= fde.start:
             continue
@@ -81,32 +83,18 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
         if skip_plt and sec.name.startswith(".plt"):
             continue  # lazy-binding stubs: entered through the GOT, not called
         starts.add((fde.section, fde.start))
-        if called is None:
-            called = _call_targets(elf)
-        # never called: GCC's cold partition of the function that jumps there (a
-        # ``.cold`` name makes cfg link it to that function, as for ``foo.cold``)
-        cold = "" if sec.addr + fde.start in called else ".cold"
+        # an FDE that starts inside a frame is GCC's cold partition of the function
+        # that jumps there (a ``.cold`` name makes cfg link it to that function, as
+        # for ``foo.cold``); one that starts at a function entry is a function, called
+        # directly or through a pointer (a PLT's CFI is an expression of rip)
+        plt = sec.name.startswith(".plt")
+        cold = "" if plt or is_entry_rule(fde.rows[0][1]) else ".cold"
         extra.append(Symbol(n + len(extra), f"{sec.name}+0x{fde.start:x}{cold}",
                             sec.addr + fde.start, fde.end - fde.start, STT_FUNC, STB_LOCAL,
                             0, fde.section, fde.start))
     if not extra:
         return elf
     return replace(elf, symbols=elf.symbols + extra, _by_name={})
-
-
-def _call_targets(elf: ElfObject) -> set[int]:
-    """Addresses some ``call rel32`` (E8) in an executable section points to (a byte
-    scan: a stray E8 inside another instruction can only add a target)."""
-    out: set[int] = set()
-    for sec in elf.sections:
-        if not sec.executable or not sec.data:
-            continue
-        data, base = sec.data, sec.addr
-        i = data.find(b"\xe8")
-        while 0 <= i <= len(data) - 5:
-            out.add(base + i + 5 + int.from_bytes(data[i + 1:i + 5], "little", signed=True))
-            i = data.find(b"\xe8", i + 1)
-    return out
 
 
 def _calls_into_other_functions(prog: Program) -> None:
@@ -183,6 +171,27 @@ def _walk_landing_pads(w: Walker) -> None:
                     break
 
 
+def _walk_unreached_cold_parts(w: Walker) -> None:
+    """A cold part no jump of its parent reached (a switch table's case, a parent
+    framevet could not name) is walked from the first row of its own FDE: it is
+    entered with its parent's frame, which only that row describes."""
+    prog = w.prog
+    todo = [(fi, g) for fi, f in enumerate(prog.functions)
+            if ".cold" in f.name and f.canonical and (g := prog.gid(f.sec, f.start)) >= 0
+            and not w.visited[g]]
+    if not todo:
+        return
+    first_rows = {(fde.section, fde.start): fde.rows[0][1] for fde in read_cfi(prog.elf).fdes
+                  if fde.rows}
+    for fi, g in todo:
+        if w.visited[g]:
+            continue
+        f = prog.functions[fi]
+        rule = first_rows.get((f.sec, f.start))
+        state = state_for(rule) if rule is not None else None
+        w._walk_from(f.parent, g, state if state is not None else func_entry_state())
+
+
 def _walk_computed_targets(w: Walker) -> set[int]:
     prog = w.prog
     before = bytearray(w.visited)
@@ -194,12 +203,14 @@ def _walk_computed_targets(w: Walker) -> set[int]:
                 by_func.setdefault(prog.functions[prog.func[g]].parent, set()).add(c)
     if not by_func:
         return set()
+    # code only a call that never returns leads to is dead, not a jump target
+    dead = dead_after_noreturn(prog, w.visited)
     for fi, states in by_func.items():
         if len(states) != 1:
             continue
         state = next(iter(states))
         for g in prog.func_insns(fi):
-            if not w.visited[g] and prog.kind[g] not in _PADDING:
+            if not w.visited[g] and g not in dead and prog.kind[g] not in _PADDING:
                 _resume(w, g, state)
     return {g for g in range(len(before)) if w.visited[g] and not before[g]}
 
