@@ -1,5 +1,5 @@
 /* A tour of what framevet catches, built from real review threads
- * (../shared/seeds): run `framevet check examples/entry-stubs.S`.
+ * (../shared/seeds): run `framevet check --profile kernel examples/entry-stubs.S`.
  *
  *   xen_page_fault        seed 000: Xen PV trap trampoline; clean because
  *                         framevet.toml beside this file declares its frame

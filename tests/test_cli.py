@@ -9,6 +9,8 @@ import jsonschema
 from conftest import FIXTURES, ROOT, assemble, fv
 
 SEEDS = FIXTURES / "seeds"
+#: the seeds are kernel entry code with no kernel section to tell: say so
+KERNEL = ("--profile", "kernel")
 SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
 
 
@@ -16,15 +18,15 @@ SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
 def test_exit_codes() -> None:
     clean = assemble(SEEDS / "save-extra-regs-push.S")
     dirty = assemble(SEEDS / "save-extra-regs-slots.S")
-    assert fv("check", str(clean)).returncode == 0
-    assert fv("check", str(dirty)).returncode == 1
-    assert fv("check", "--fail-on", "never", str(dirty)).returncode == 0
-    assert fv("check", "--disable", "caller-frame-write", str(dirty)).returncode == 0
-    assert fv("check", "--bogus-switch", str(clean)).returncode == 2
+    assert fv("check", *KERNEL, str(clean)).returncode == 0
+    assert fv("check", *KERNEL, str(dirty)).returncode == 1
+    assert fv("check", *KERNEL, "--fail-on", "never", str(dirty)).returncode == 0
+    assert fv("check", *KERNEL, "--disable", "caller-frame-write", str(dirty)).returncode == 0
+    assert fv("check", *KERNEL, "--bogus-switch", str(clean)).returncode == 2
 
 
 def test_text_format_names_source_line_and_symbol() -> None:
-    r = fv("check", str(SEEDS / "save-extra-regs-slots.S"))
+    r = fv("check", *KERNEL, str(SEEDS / "save-extra-regs-slots.S"))
     first = r.stdout.splitlines()[0]
     assert first.startswith(f"{SEEDS / 'save-extra-regs-slots.S'}:8: ")
     assert "lockdep_sys_exit_thunk+0x0: save of r15 into the caller's frame at cfa+0" in first
@@ -33,7 +35,7 @@ def test_text_format_names_source_line_and_symbol() -> None:
 
 def test_objtool_format_is_objtools_words() -> None:
     obj = assemble(SEEDS / "fred-frame-builder.S")
-    r = fv("check", "--format", "objtool", "--objtool-only", str(obj))
+    r = fv("check", *KERNEL, "--format", "objtool", "--objtool-only", str(obj))
     assert r.stdout.splitlines() == [
         f"{obj}: warning: objtool: vmx_do_fred_interrupt_irqoff+0x17: "
         "return with modified stack frame",
@@ -43,7 +45,7 @@ def test_objtool_format_is_objtools_words() -> None:
 
 
 def test_json_format() -> None:
-    r = fv("check", "--format", "json", str(SEEDS / "gpr-switch-return-oriented.S"))
+    r = fv("check", *KERNEL, "--format", "json", str(SEEDS / "gpr-switch-return-oriented.S"))
     items = json.loads(r.stdout)
     assert {i["rule"] for i in items} >= {"return-address-overwrite", "return-modified-frame"}
     one = next(i for i in items if i["rule"] == "return-address-overwrite")
@@ -56,18 +58,19 @@ def test_json_format() -> None:
 def test_sarif_validates_against_the_2_1_0_schema() -> None:
     schema = json.loads(SCHEMA.read_text())
     for src in ("gpr-switch-return-oriented.S", "save-extra-regs-push.S"):
-        r = fv("check", "--format", "sarif", str(SEEDS / src))
+        r = fv("check", *KERNEL, "--format", "sarif", str(SEEDS / src))
         log = json.loads(r.stdout)
         jsonschema.validate(log, schema)
         assert log["version"] == "2.1.0"
-    results = json.loads(fv("check", "--format", "sarif",
+    results = json.loads(fv("check", *KERNEL, "--format", "sarif",
                             str(SEEDS / "gpr-switch-return-oriented.S")).stdout)
     assert results["runs"][0]["results"], "findings must appear as results"
 
 
 def test_html_report(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
-    r = fv("check", "--format", "html", "-o", str(out), str(SEEDS / "save-extra-regs-slots.S"))
+    r = fv("check", *KERNEL, "--format", "html", "-o", str(out),
+           str(SEEDS / "save-extra-regs-slots.S"))
     assert r.returncode == 1
     text = out.read_text()
     assert "<table>" in text and "caller-frame-write" in text
@@ -87,7 +90,7 @@ def test_rules_listing_and_docs() -> None:
 def test_many_files_in_parallel_keep_input_order() -> None:
     objs = [str(assemble(SEEDS / n)) for n in (
         "save-extra-regs-slots.S", "save-extra-regs-push.S", "fred-frame-builder.S")]
-    r = fv("check", "-j", "2", "--format", "json", *objs)
+    r = fv("check", *KERNEL, "-j", "2", "--format", "json", *objs)
     files = [i["file"] for i in json.loads(r.stdout)]
     assert files == sorted(files, key=objs.index)
     assert set(files) == {objs[0], objs[2]}

@@ -36,6 +36,8 @@ class Finding:
     source: tuple[str, int] | None = None
     #: extra machine-readable details (rule specific)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the conventions the object was checked with ("kernel" / "user"; None: not a check)
+    profile: str | None = None
 
     def text(self) -> str:
         """The compiler convention editors and problem matchers parse:
@@ -66,6 +68,8 @@ class Finding:
             "severity": self.severity,
             "message": self.message,
         }
+        if self.profile:
+            out["profile"] = self.profile
         if self.source:
             out["source"] = {"path": self.source[0], "line": self.source[1]}
         if self.details:

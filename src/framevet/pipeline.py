@@ -11,16 +11,37 @@ from framevet.cfg.declarations import Hints, read_hints
 from framevet.cfg.disasm import Namer
 from framevet.cfg.program import Program
 from framevet.findings import Finding, SymbolIndex
-from framevet.load.elf import STT_FILE
+from framevet.load.elf import STT_FILE, ElfObject
 from framevet.load.object import LoadedObject
 from framevet.stack.explain import explain, listing
 from framevet.stack.walker import Walker, WalkOptions, WalkResult
 from framevet.stack.walkresult import Warning
 from framevet.unwind.userwalk import user_walk, with_fde_functions
 
+#: sections only kernel objects have (objtool's inputs and the kernel's own tables)
+KERNEL_SECTIONS = frozenset({
+    "__ex_table", ".altinstructions", "__bug_table", ".gnu.linkonce.this_module",
+    ".parainstructions", "__jump_table", ".static_call_sites", ".return_sites",
+    ".call_sites", ".retpoline_sites", ".ibt_endbr_seal", ".orc_unwind", ".noinstr.text",
+    ".entry.text", "__mcount_loc", "__patchable_function_entries",
+})
+
+
+def default_profile(elf: ElfObject) -> str:
+    """``kernel`` for kernel objects (a ``.ko``, an object with the kernel's sections or
+    objtool's ``.discard.*`` annotations, a linked image with neither an interpreter nor
+    a dynamic section: vmlinux); ``user`` for every other ELF file."""
+    for sec in elf.sections:
+        if sec.name in KERNEL_SECTIONS or sec.name.startswith((".discard.", "__ksymtab")):
+            return "kernel"
+    if elf.relocatable:
+        return "user"
+    return "user" if elf.section(".interp") or elf.section(".dynamic") else "kernel"
+
 
 @dataclass
 class Options:
+    #: "kernel", "user", or "auto" (:func:`default_profile` of each input)
     profile: str = "kernel"
     sls: bool = False
     retpoline: bool = False
@@ -84,15 +105,19 @@ class Context:
         """A finding at ``off`` in section ``sec`` (any section; -1: no location)."""
         r = rules.get(rule)
         sev = severity or (r.severity if r else "warning")
+        profile = self.options.profile
         if sec < 0:
-            return Finding(self.obj.display, rule, message, sev, details=dict(details))
+            return Finding(self.obj.display, rule, message, sev, details=dict(details),
+                           profile=profile)
         loc = self.symbols.locate(sec, off)
         src = self.obj.source_of(self.prog.section_name(sec), off)
-        return Finding(self.obj.display, rule, message, sev, loc, src, dict(details))
+        return Finding(self.obj.display, rule, message, sev, loc, src, dict(details), profile)
 
 
 def analyse(obj: LoadedObject, options: Options) -> Context:
     """Build, walk and check one object; findings in objtool's reporting order."""
+    if options.profile == "auto":
+        options = replace(options, profile=default_profile(obj.elf))
     options, refused = _link_options(obj, options)
     elf = obj.elf
     if (options.profile == "user" and not elf.relocatable

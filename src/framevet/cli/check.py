@@ -23,7 +23,7 @@ OBJTOOL_SWITCHES = ("sls", "retpoline", "rethunk", "stackval", "uaccess", "noins
 def add_parser(sub: Any) -> None:
     c = sub.add_parser("check", help="validate stack frames and registers (objtool + more)")
     c.add_argument("files", nargs="+", metavar="FILE", help=".o/.ko/.a/.so/executable or .S")
-    add_common(c)
+    add_common(c, "auto")
     g = c.add_argument_group("objtool switches (stack validation and ORC checks are always on)")
     for name in OBJTOOL_SWITCHES:
         g.add_argument(f"--{name}", action="store_true")

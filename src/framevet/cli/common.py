@@ -29,9 +29,15 @@ FAIL_ON = ("note", "warning", "error", "never")
 FORMATS = ("text", "json", "sarif", "html")
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """--profile, --hints and --cflags, as ``check`` and ``orc`` take them."""
-    p.add_argument("--profile", choices=("kernel", "user"), default="kernel")
+def add_common(p: argparse.ArgumentParser, profile: str = "kernel") -> None:
+    """--profile, --hints and --cflags, as ``check`` and ``orc`` take them (``check``:
+    the profile is chosen from each input unless --profile says otherwise)."""
+    if profile == "auto":
+        p.add_argument("--profile", choices=("auto", "kernel", "user"), default="auto",
+                       help="conventions to check against (default: kernel for kernel "
+                       "objects, user for any other ELF file)")
+    else:
+        p.add_argument("--profile", choices=("kernel", "user"), default=profile)
     p.add_argument("--hints", metavar="TOML", help="declarations (default: framevet.toml beside "
                    "the input)")
     p.add_argument("--cflags", default="", help="extra flags for assembling .S inputs")

@@ -43,9 +43,11 @@ def sarif(findings: Sequence[Finding], root: str = ".") -> dict[str, Any]:
         fix = _fix(f, root)
         if fix is not None:
             res["fixes"] = [fix]
-        if f.details:
+        if f.details or f.profile:
             res["properties"] = {k: v for k, v in f.details.items()
                                  if k not in ("fix", "fix_end", "fix_end_at")}
+            if f.profile:
+                res["properties"]["profile"] = f.profile
         results.append(res)
     return {
         "$schema": SARIF_SCHEMA,
