@@ -1,0 +1,174 @@
+"""Linked and stripped user-space images (profile chosen from the input): PLT stubs
+named through their GOT slots, noreturn calls through them, GCC's cold parts tied to
+their parents, C++ landing pads, and a C++ program built here with ``g++ -O2 -s``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import iced_x86
+import pytest
+from conftest import FIXTURES, assemble, fv
+
+from framevet.decode import insn as d
+from framevet.load import LoadedObject, load_path
+from framevet.load.elf import parse_elf
+from framevet.pipeline import Options, analyse
+from framevet.unwind.cfatable import cfa_table
+from framevet.unwind.cficheck import check_cfi
+from framevet.unwind.dwarf import read_cfi
+
+IDIOMS = FIXTURES / "cfi-mismatch"
+CXX_PROGRAM = FIXTURES.parent / "data" / "cxx-program.cc"
+
+
+def link(src: Path, out: Path, *flags: str) -> LoadedObject:
+    """``src`` linked into a stripped shared object, and loaded."""
+    subprocess.run(["gcc", "-shared", "-nostdlib", "-s", *flags, "-o", str(out), str(src)],
+                   check=True)
+    (obj,) = load_path(str(out))
+    assert obj.elf.section(".symtab") is None
+    return obj
+
+
+def clean(obj: LoadedObject) -> None:
+    """Neither ``check`` (profile chosen from the file: user) nor ``cfi`` finds anything."""
+    ctx = analyse(obj, Options(profile="auto"))
+    assert ctx.options.profile == "user"
+    assert [f.text() for f in ctx.findings] == []
+    assert [f.text() for f in check_cfi(obj)] == []
+
+
+@pytest.mark.parametrize("flags", [(), ("-Wl,-z,ibtplt",)], ids=["plt", "plt.sec"])
+def test_plt_stubs_are_named(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    obj = link(IDIOMS / "ok-noreturn-plt.S", tmp_path / "nr.so", *flags)
+    names = {s.name: obj.elf.sections[s.shndx].name for s in obj.elf.symbols
+             if s.name.endswith("@plt")}
+    stubs = ".plt.sec" if flags else ".plt"
+    assert names == {"abort@plt": stubs, "exit@plt": stubs, "g@plt": stubs}
+
+
+@pytest.mark.parametrize("flags", [(), ("-Wl,-z,ibtplt",)], ids=["plt", "plt.sec"])
+def test_noreturn_calls_through_the_plt(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    """After ``call abort@plt`` the next instruction is the jne's, with cfa=rsp+8;
+    ``die`` tail-calls exit@plt, so it does not return either."""
+    obj = link(IDIOMS / "ok-noreturn-plt.S", tmp_path / "nr.so", *flags)
+    clean(obj)
+    prog = cfa_table(obj.elf).prog
+    calls = [prog.call_dest[g].name for g in range(len(prog.kind))  # type: ignore[union-attr]
+             if prog.kind[g] == d.CALL and prog.call_dest[g] is not None]
+    assert "abort@plt" in calls
+
+
+def test_cold_part_entered_by_jne(tmp_path: Path) -> None:
+    """Both cold parts are walked with f's frame at the jumps (cfa=rsp+16, rbx saved),
+    although neither they nor f (called through a pointer) have a name left."""
+    obj = link(IDIOMS / "ok-cold-jne.S", tmp_path / "cold.so")
+    clean(obj)
+    table = cfa_table(obj.elf)
+    prog = table.prog
+    cold = [f for f in prog.functions if f.name.endswith(".cold")]
+    assert len(cold) == 1
+    assert prog.functions[cold[0].parent].name != cold[0].name
+    entry = table.at(cold[0].sec, cold[0].start).text()
+    assert entry == "cfa=rsp+16 rbx=cfa-16 ra=cfa-8"
+
+
+def test_cold_part_entry_disagreeing_with_its_fde(tmp_path: Path) -> None:
+    """The cold part's FDE says cfa=rsp+24 where f jumps in with cfa=rsp+16: a real
+    finding, at the cold part's first instruction."""
+    obj = link(IDIOMS / "cold-entry-wrong.S", tmp_path / "bad.so")
+    found = check_cfi(obj)
+    assert [f.rule for f in found] == ["cfi-mismatch"]
+    assert "CFI says cfa=rsp+24 but the code has cfa=rsp+16" in found[0].message
+    assert "reached from `jne " in found[0].message
+
+
+def test_landing_pad_has_the_state_of_the_call(tmp_path: Path) -> None:
+    obj = link(IDIOMS / "ok-landing-pad.S", tmp_path / "lp.so")
+    clean(obj)
+    (fde,) = [f for f in read_cfi(obj.elf).fdes if f.lsda is not None]
+    table = cfa_table(obj.elf)
+    pad = max(o for o, _ in fde.rows)          # .cfi_restore_state at the pad
+    assert table.at(fde.section, pad).text() == "cfa=rsp+32 rbx=cfa-16 ra=cfa-8"
+
+
+def test_call_targets_are_named_in_explanations(tmp_path: Path) -> None:
+    src = tmp_path / "t.S"
+    """A CFI that changes after ``call g@PLT``: the explanation names the callee as
+    objdump does."""
+    src = tmp_path / "t.S"
+    src.write_text("\t.text\n\t.globl f\n\t.type f, @function\nf:\n\t.cfi_startproc\n"
+                   "\tsub $8, %rsp\n\t.cfi_def_cfa_offset 16\n\tcall g@PLT\n"
+                   "\t.cfi_def_cfa_offset 24\n\tadd $8, %rsp\n\t.cfi_def_cfa_offset 8\n"
+                   "\tret\n\t.cfi_endproc\n\t.size f, .-f\n")
+    obj = link(src, tmp_path / "t.so")
+    (f,) = check_cfi(obj)
+    assert "the CFI changes here, but `call g@plt` at f+0x4 does not change the stack" \
+        in f.message, f.message
+
+
+@pytest.mark.parametrize("partition", [True, False], ids=["partitioned", "not-partitioned"])
+def test_cxx_program(tmp_path: Path, partition: bool) -> None:
+    """A small C++ program (exceptions, destructors, an abort path), ``g++ -O2 -s``:
+    no findings, the cold parts tied to their parents, and every instruction an FDE
+    covers reached but the ``hlt`` after ``_start``'s call of __libc_start_main."""
+    exe = tmp_path / "prog"
+    flags = [] if partition else ["-fno-reorder-blocks-and-partition"]
+    subprocess.run(["g++", "-O2", "-s", *flags, "-o", str(exe), str(CXX_PROGRAM)], check=True)
+    (obj,) = load_path(str(exe))
+    clean(obj)
+    table = cfa_table(obj.elf)
+    prog = table.prog
+    cold = [f for f in prog.functions if f.name.endswith(".cold")]
+    assert bool(cold) == partition
+    assert all(prog.functions[f.parent] is not f for f in cold)
+    unreached = []
+    for fde in read_cfi(obj.elf).fdes:
+        if fde.section not in prog.secmap or fde.section_name.startswith(".plt"):
+            continue
+        ds, base = prog.secmap[fde.section], prog.base[fde.section]
+        for i, off in enumerate(ds.off):
+            g = base + i
+            if fde.start <= off < fde.end and prog.kind[g] not in (d.NOP, d.TRAP) \
+                    and table.result.cfi[g] is None:
+                unreached.append(prog.instruction(g).mnemonic)
+    assert unreached == [iced_x86.Mnemonic.HLT]
+
+
+# -- the profile -------------------------------------------------------------------
+
+def test_profile_chosen_from_the_input(tmp_path: Path) -> None:
+    user_src = tmp_path / "u.S"
+    user_src.write_text("\t.text\n\t.globl f\n\t.type f, @function\nf:\n\tret\n"
+                        "\t.size f, .-f\n")
+    kernel_src = tmp_path / "k.S"
+    kernel_src.write_text(user_src.read_text() + "\t.section __ex_table,\"a\"\n\t.long 0\n")
+    for src, want in ((user_src, "user"), (kernel_src, "kernel")):
+        obj = LoadedObject(parse_elf(assemble(src).read_bytes(), src.name), src.name)
+        assert analyse(obj, Options(profile="auto")).options.profile == want
+    so = link(IDIOMS / "ok-noreturn-plt.S", tmp_path / "nr.so")
+    assert analyse(so, Options(profile="auto")).options.profile == "user"
+    # --profile overrides, and the JSON says which profile was used
+    misaligned = tmp_path / "m.S"
+    misaligned.write_text("\t.text\n\t.globl f\n\t.type f, @function\nf:\n\tcall g\n\tret\n"
+                          "\t.size f, .-f\n")
+    for args, want in (((), "user"), (("--profile", "kernel"), "kernel")):
+        r = fv("check", *args, "--format", "json", "--fail-on", "never", str(misaligned))
+        found = json.loads(r.stdout)
+        assert {f["profile"] for f in found} <= {want}
+        assert bool(found) == (want == "user")     # call-misaligned-stack is profile user
+
+
+def test_no_unreachable_after_a_stack_state_mismatch(tmp_path: Path) -> None:
+    """objtool ends a function's walk at a mismatch; what is left unwalked is not
+    unreachable (``--objtool-only`` never said so either)."""
+    src = tmp_path / "mm.S"
+    src.write_text("\t.text\n\t.globl f\n\t.type f, @function\nf:\n\ttest %edi, %edi\n"
+                   "\tje 1f\n\tpush %rbx\n\ttest %esi, %esi\n\tje 1f\n\tmov $5, %eax\n"
+                   "\tpop %rbx\n1:\n\tret\n\t.size f, .-f\n")
+    r = fv("check", "--profile", "kernel", "--format", "json", "--fail-on", "never", str(src))
+    rules = {f["rule"] for f in json.loads(r.stdout)}
+    assert rules == {"stack-state-mismatch"}
