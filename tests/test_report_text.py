@@ -9,6 +9,8 @@ from conftest import FIXTURES, ROOT, assemble, fv
 
 SEEDS = FIXTURES / "seeds"
 EXAMPLE = ROOT / "examples" / "entry-stubs.S"
+#: the example and the seeds are kernel entry code with no kernel section to tell
+KERNEL = ("--profile", "kernel")
 #: GitHub's gcc problem matcher (the one setup actions register for gcc output)
 GCC_MATCHER = re.compile(r"^(.*?):(\d+):(\d*):?\s+(?:fatal\s+)?(warning|error):\s+(.*)$")
 #: the form for inputs without a source line
@@ -22,7 +24,7 @@ def _finding_lines(stdout: str) -> list[str]:
 
 def test_gcc_problem_matcher_reads_every_finding_line_of_an_assembly_input() -> None:
     for src in (EXAMPLE, *sorted(SEEDS.glob("*.S"))):
-        r = fv("check", str(src))
+        r = fv("check", *KERNEL, str(src))
         lines = _finding_lines(r.stdout)
         for line in lines:
             m = GCC_MATCHER.match(line)
@@ -38,7 +40,7 @@ def test_gcc_problem_matcher_reads_every_finding_line_of_an_assembly_input() -> 
 
 def test_object_without_source_lines_names_symbol_and_address() -> None:
     obj = assemble(EXAMPLE)
-    r = fv("check", str(obj))
+    r = fv("check", *KERNEL, str(obj))
     lines = _finding_lines(r.stdout)
     assert lines
     addresses = []
@@ -54,44 +56,45 @@ def test_object_without_source_lines_names_symbol_and_address() -> None:
 
 def test_follow_ons_fold_under_their_root_cause() -> None:
     src = FIXTURES / "return-modified-frame" / "push-no-pop.S"
-    r = fv("check", str(src))
+    r = fv("check", *KERNEL, str(src))
     lines = r.stdout.splitlines()
     assert len(_finding_lines(r.stdout)) == 1
     assert lines[0].endswith("return with modified stack frame [return-modified-frame]")
     assert "+ 2 follow-on findings at this instruction (callee-saved-clobber, " \
            "return-address-overwrite); --explain lists them" in lines[1]
     assert "3 errors in 1 input (2 folded as follow-ons)" in r.stderr
-    explained = fv("check", "--explain", str(src)).stdout
+    explained = fv("check", *KERNEL, "--explain", str(src)).stdout
     assert "2 follow-on findings at this instruction:" in explained
     assert "[callee-saved-clobber]" in explained and "[return-address-overwrite]" in explained
     # machine-readable formats keep every finding
-    rules = [i["rule"] for i in json.loads(fv("check", "--format", "json", str(src)).stdout)]
+    found = json.loads(fv("check", *KERNEL, "--format", "json", str(src)).stdout)
+    rules = [i["rule"] for i in found]
     assert sorted(rules) == ["callee-saved-clobber", "return-address-overwrite",
                              "return-modified-frame"]
 
 
 def test_summary_quiet_and_colour() -> None:
-    r = fv("check", str(EXAMPLE))
+    r = fv("check", *KERNEL, str(EXAMPLE))
     assert r.stderr.strip().splitlines()[-1].startswith("framevet: 8 errors in 1 input")
     assert "\033[" not in r.stdout       # not a terminal: no colour
-    q = fv("check", "--quiet", str(EXAMPLE))
+    q = fv("check", *KERNEL, "--quiet", str(EXAMPLE))
     assert q.stderr == "" and q.stdout == r.stdout and q.returncode == 1
-    c = fv("check", "--color", "always", str(EXAMPLE))
+    c = fv("check", *KERNEL, "--color", "always", str(EXAMPLE))
     assert "\033[1;31merror:\033[0m" in c.stdout
-    clean = fv("check", str(SEEDS / "fred-frame-builder-fixed.S"))
+    clean = fv("check", *KERNEL, str(SEEDS / "fred-frame-builder-fixed.S"))
     assert clean.returncode == 0 and "no findings in 1 input" in clean.stderr
 
 
 def test_objtool_format_is_unchanged() -> None:
     obj = assemble(FIXTURES / "return-modified-frame" / "push-no-pop.S")
-    r = fv("check", "--format", "objtool", str(obj))
+    r = fv("check", *KERNEL, "--format", "objtool", str(obj))
     assert r.stdout.splitlines()[0] == \
         f"{obj}: warning: objtool: f+0x11: return with modified stack frame"
     assert len(r.stdout.splitlines()) == 3 and r.stderr == ""
 
 
 def test_unwritable_output_is_named() -> None:
-    r = fv("check", "-o", "/nonexistent-dir/r.txt", str(EXAMPLE))
+    r = fv("check", *KERNEL, "-o", "/nonexistent-dir/r.txt", str(EXAMPLE))
     assert r.returncode == 2
     assert r.stderr.strip() == ("/nonexistent-dir/r.txt: error: cannot write the report: "
                                 "No such file or directory")
