@@ -15,6 +15,7 @@ from conftest import FIXTURES, assemble, fv
 from framevet.decode import insn as d
 from framevet.load import LoadedObject, load_path
 from framevet.load.elf import parse_elf
+from framevet.load.entries import entry_points
 from framevet.pipeline import Options, analyse
 from framevet.unwind.cfatable import cfa_table
 from framevet.unwind.cficheck import check_cfi
@@ -136,6 +137,25 @@ def test_cxx_program(tmp_path: Path, partition: bool) -> None:
                     and table.result.cfi[g] is None:
                 unreached.append(prog.instruction(g).mnemonic)
     assert unreached == [iced_x86.Mnemonic.HLT]
+
+
+def test_entry_points_are_functions(tmp_path: Path) -> None:
+    """What the image's tables enter -- ``_start``, ``.init``, ``.fini``, the CRT's
+    ``frame_dummy`` and ``__do_global_dtors_aux`` from ``.init_array``/``.fini_array``,
+    which have no FDE -- is walked as functions in a stripped executable."""
+    exe = tmp_path / "prog"
+    subprocess.run(["g++", "-O2", "-s", "-o", str(exe), str(CXX_PROGRAM)], check=True)
+    (obj,) = load_path(str(exe))
+    entries = entry_points(obj.elf)
+    assert len(entries) >= 5 and obj.elf.entry in entries
+    ctx = analyse(obj, Options(profile="auto"))
+    prog = ctx.prog
+    starts = {prog.elf.sections[f.sec].addr + f.start for f in prog.functions}
+    assert set(entries) <= starts
+    code = [s for s in prog.elf.sections if s.executable]
+    for addr in entries:
+        sec = next(s for s in code if s.addr <= addr < s.addr + s.size)
+        assert ctx.result.visited[prog.gid(sec.index, addr - sec.addr)]
 
 
 # -- the profile -------------------------------------------------------------------

@@ -98,6 +98,8 @@ class ElfObject:
     #: linked images: address of a GOT slot -> the name of the symbol it holds
     #: (see :mod:`framevet.load.plt`)
     got: dict[int, str] = field(default_factory=dict, repr=False)
+    #: the entry point (``e_entry``) of a linked image
+    entry: int = 0
     _reloc_offsets: dict[int, list[int]] = field(default_factory=dict, repr=False)
     _by_name: dict[str, Section] = field(default_factory=dict, repr=False)
     #: what later stages derive from the sections alone (the DWARF CFI), computed once
@@ -171,6 +173,7 @@ def parse_elf(data: bytes, path: str) -> ElfObject:
         if kind is None:
             raise InputError(path, f"unsupported ELF type {elf.header['e_type']}")
         sections = _read_sections(elf, data, path)
+        entry = int(elf.header["e_entry"])
     except InputError:
         raise
     except (ELFError, struct.error, ValueError, KeyError, IndexError, OSError, OverflowError,
@@ -183,7 +186,7 @@ def parse_elf(data: bytes, path: str) -> ElfObject:
         symtab_index = next((s.index for s in sections if s.type == SHT_DYNSYM), -1)
     symbols = _read_symbols(sections, symtab_index, kind, path) if symtab_index >= 0 else []
     relocs = _read_relocs(sections, symtab_index, len(symbols), path) if kind == ET_REL else {}
-    return ElfObject(path, kind, sections, symbols, relocs, symtab_index, data)
+    return ElfObject(path, kind, sections, symbols, relocs, symtab_index, data, entry=entry)
 
 
 def _read_sections(elf: ELFFile, data: bytes, path: str) -> list[Section]:

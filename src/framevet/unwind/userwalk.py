@@ -19,7 +19,8 @@ from framevet.decode.state import (
     blank_state,
     func_entry_state,
 )
-from framevet.load.elf import STB_LOCAL, STT_FUNC, ElfObject, Symbol
+from framevet.load.elf import STB_LOCAL, STT_FUNC, ElfObject, Section, Symbol
+from framevet.load.entries import entry_points
 from framevet.stack.walker import Walker, WalkOptions, WalkResult, load_cfi
 from framevet.unwind.cfarule import is_entry_rule, state_for
 from framevet.unwind.dwarf import call_sites, read_cfi
@@ -92,9 +93,35 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
         extra.append(Symbol(n + len(extra), f"{sec.name}+0x{fde.start:x}{cold}",
                             sec.addr + fde.start, fde.end - fde.start, STT_FUNC, STB_LOCAL,
                             0, fde.section, fde.start))
+    extra += _entry_functions(elf, starts, n + len(extra))
     if not extra:
         return elf
     return replace(elf, symbols=elf.symbols + extra, _by_name={})
+
+
+def _entry_functions(elf: ElfObject, starts: set[tuple[int, int]],
+                     first_index: int) -> list[Symbol]:
+    """One local STT_FUNC for each place the image's tables enter (``_start``, ``_init``,
+    ``_fini``, what ``.init_array``/``.fini_array`` list: the CRT's ``frame_dummy``
+    and ``__do_global_dtors_aux`` have no FDE) where no function starts; it runs up
+    to the next function or the end of its section."""
+    new: list[tuple[Section, int]] = []
+    for addr in sorted(set(entry_points(elf))):
+        sec = next((s for s in elf.sections if s.executable and s.addr <= addr < s.addr + s.size),
+                   None)
+        if sec is not None and (sec.index, addr - sec.addr) not in starts:
+            starts.add((sec.index, addr - sec.addr))
+            new.append((sec, addr - sec.addr))
+    by_sec: dict[int, list[int]] = {}
+    for index, start in starts:
+        by_sec.setdefault(index, []).append(start)
+    out: list[Symbol] = []
+    for sec, off in new:
+        end = min((o for o in by_sec[sec.index] if o > off), default=sec.size)
+        name = sec.name if off == 0 and sec.name in (".init", ".fini") else f"{sec.name}+0x{off:x}"
+        out.append(Symbol(first_index + len(out), name, sec.addr + off, end - off, STT_FUNC,
+                          STB_LOCAL, 0, sec.index, off))
+    return out
 
 
 def _calls_into_other_functions(prog: Program) -> None:
