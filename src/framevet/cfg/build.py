@@ -8,10 +8,13 @@ from __future__ import annotations
 import struct
 from bisect import bisect_left
 
+import iced_x86
+
 from framevet.cfg import objtool_annotations as ann
 from framevet.cfg.alternatives import add_special_alts
 from framevet.cfg.coderanges import LeftOut, decode_linked
 from framevet.cfg.jumptable import add_jump_tables
+from framevet.cfg.noreturn import runtime_name
 from framevet.cfg.program import (
     BUGFLAG_WARNING,
     P_CALLS,
@@ -160,6 +163,7 @@ def _user_fixups(prog: Program) -> None:
                 prog.ops[g] = USER_SP_WRITE
     if prog.elf.got:
         _got_calls(prog)
+    _exiting_error_calls(prog)
     for g, k in enumerate(kind):
         if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
             continue
@@ -168,6 +172,37 @@ def _user_fixups(prog: Program) -> None:
             n = prog.next_same_sec(n)
         if n < 0 or func[n] != func[g]:
             prog.dead_end[g] = 1
+
+
+#: C library functions that return only when their first argument (the exit status)
+#: is zero: ``error(status, errnum, format, ...)``, ``error_at_line(status, ...)``
+_EXIT_UNLESS_ZERO = frozenset({"error", "error_at_line"})
+
+
+def _exiting_error_calls(prog: Program) -> None:
+    """Profile user: ``error(1, ...)`` exits.  A call of ``error``/``error_at_line``
+    whose status register was last set to a non-zero constant (``mov $1,%edi``, a few
+    instructions before, in the same function) is a dead end."""
+    for g, k in enumerate(prog.kind):
+        cd = prog.call_dest[g]
+        if k != d.CALL or cd is None or runtime_name(cd.name) not in _EXIT_UNLESS_ZERO:
+            continue
+        p = g
+        for _ in range(8):
+            p = prog.prev_same_sec(p)
+            if p < 0 or prog.func[p] != prog.func[g] or prog.kind[p] not in (d.OTHER, d.NOP):
+                break
+            insn = prog.instruction(p)
+            if not d.gprs_written(d.INFO.info(insn)) & (1 << d.DI):
+                continue
+            if (insn.mnemonic == iced_x86.Mnemonic.MOV and insn.op1_kind in _IMMEDIATES
+                    and insn.op0_kind == iced_x86.OpKind.REGISTER and insn.immediate(1) != 0):
+                prog.dead_end[g] = 1
+            break
+
+
+_IMMEDIATES = (iced_x86.OpKind.IMMEDIATE32, iced_x86.OpKind.IMMEDIATE32TO64,
+               iced_x86.OpKind.IMMEDIATE64)
 
 
 def _got_calls(prog: Program) -> None:

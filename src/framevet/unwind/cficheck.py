@@ -175,8 +175,11 @@ class _Checker:
                           f"{fde.section_name}+0x{fde.start:x}..0x{fde.end:x}, which holds "
                           f"no function")
         covers: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
+        named = len(self.elf.symbols)
         for fn in prog.functions:
-            if not fn.canonical or fn.sym.type != STT_FUNC:
+            # (functions framevet found in a stripped image -- PLT stubs, FDE ranges, the
+            # CRT's entry points, which GCC builds without CFI -- are not the file's own)
+            if not fn.canonical or fn.sym.type != STT_FUNC or fn.sym.index >= named:
                 continue
             insns = [g for g in _range(prog, fn.sec, fn.start, fn.end)
                      if prog.kind[g] not in _PADDING]
