@@ -77,6 +77,15 @@ def test_cold_part_entered_by_jne(tmp_path: Path) -> None:
     assert entry == "cfa=rsp+16 rbx=cfa-16 ra=cfa-8"
 
 
+def test_cold_part_starting_with_a_nop(tmp_path: Path) -> None:
+    """The part's FDE says cfa=rsp+8 only for its leading nop: it is still a cold part,
+    entered after the nop with f's frame."""
+    obj = link(IDIOMS / "ok-cold-nop-start.S", tmp_path / "nop.so")
+    clean(obj)
+    prog = cfa_table(obj.elf).prog
+    assert [f.name for f in prog.functions if f.name.endswith(".cold")]
+
+
 def test_cold_part_entry_disagreeing_with_its_fde(tmp_path: Path) -> None:
     """The cold part's FDE says cfa=rsp+24 where f jumps in with cfa=rsp+16: a real
     finding, at the cold part's first instruction."""

@@ -8,6 +8,8 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import replace
 
+import iced_x86
+
 from framevet.cfg.noreturn import dead_after_noreturn
 from framevet.cfg.program import Program
 from framevet.decode import insn as d
@@ -89,7 +91,7 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
         # for ``foo.cold``); one that starts at a function entry is a function, called
         # directly or through a pointer (a PLT's CFI is an expression of rip)
         plt = sec.name.startswith(".plt")
-        cold = "" if plt or is_entry_rule(fde.rows[0][1]) else ".cold"
+        cold = "" if plt or is_entry_rule(fde.rule_at(_past_nops(sec, fde.start))) else ".cold"
         extra.append(Symbol(n + len(extra), f"{sec.name}+0x{fde.start:x}{cold}",
                             sec.addr + fde.start, fde.end - fde.start, STT_FUNC, STB_LOCAL,
                             0, fde.section, fde.start))
@@ -97,6 +99,17 @@ def with_fde_functions(elf: ElfObject, skip_plt: bool = False) -> ElfObject:
     if not extra:
         return elf
     return replace(elf, symbols=elf.symbols + extra, _by_name={})
+
+
+def _past_nops(sec: Section, off: int) -> int:
+    """The offset of the first instruction at or after ``off`` that is not a nop: GCC
+    starts a cold part that holds a landing pad with one (a landing pad at offset 0
+    would read as "none"), still under the CIE's rule ``cfa=rsp+8``."""
+    decoder = iced_x86.Decoder(64, sec.data[off:off + 64], ip=off)
+    for insn in decoder:
+        if insn.mnemonic != iced_x86.Mnemonic.NOP or insn.is_invalid:
+            return insn.ip
+    return off
 
 
 def _entry_functions(elf: ElfObject, starts: set[tuple[int, int]],
@@ -208,14 +221,15 @@ def _walk_unreached_cold_parts(w: Walker) -> None:
             and not w.visited[g]]
     if not todo:
         return
-    first_rows = {(fde.section, fde.start): fde.rows[0][1] for fde in read_cfi(prog.elf).fdes
-                  if fde.rows}
+    fdes = {(fde.section, fde.start): fde for fde in read_cfi(prog.elf).fdes if fde.rows}
     for fi, g in todo:
+        while prog.kind[g] == d.NOP and (n := prog.next_same_sec(g)) >= 0 and prog.func[n] == fi:
+            g = n                   # (GCC's nop before a landing pad at the part's start)
         if w.visited[g]:
             continue
         f = prog.functions[fi]
-        rule = first_rows.get((f.sec, f.start))
-        state = state_for(rule) if rule is not None else None
+        fde = fdes.get((f.sec, f.start))
+        state = state_for(fde.rule_at(prog.off[g])) if fde is not None else None
         w._walk_from(f.parent, g, state if state is not None else func_entry_state())
 
 
