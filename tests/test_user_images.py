@@ -48,13 +48,14 @@ def test_plt_stubs_are_named(tmp_path: Path, flags: tuple[str, ...]) -> None:
     names = {s.name: obj.elf.sections[s.shndx].name for s in obj.elf.symbols
              if s.name.endswith("@plt")}
     stubs = ".plt.sec" if flags else ".plt"
-    assert names == {"abort@plt": stubs, "exit@plt": stubs, "g@plt": stubs}
+    assert names == {"abort@plt": stubs, "exit@plt": stubs, "g@plt": stubs, "fatal@plt": stubs}
 
 
 @pytest.mark.parametrize("flags", [(), ("-Wl,-z,ibtplt",)], ids=["plt", "plt.sec"])
 def test_noreturn_calls_through_the_plt(tmp_path: Path, flags: tuple[str, ...]) -> None:
     """After ``call abort@plt`` the next instruction is the jne's, with cfa=rsp+8;
-    ``die`` tail-calls exit@plt, so it does not return either."""
+    ``die`` tail-calls exit@plt, so it does not return either; nothing falls into the
+    aligned label after ``call fatal@plt``."""
     obj = link(IDIOMS / "ok-noreturn-plt.S", tmp_path / "nr.so", *flags)
     clean(obj)
     prog = cfa_table(obj.elf).prog

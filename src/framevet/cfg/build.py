@@ -147,8 +147,11 @@ def _user_sizes(prog: Program, funcs: list[Function],
 
 def _user_fixups(prog: Program) -> None:
     """Profile user: ``syscall`` returns to the next instruction; a call followed by
-    nothing but padding up to its function's end (or the next function) cannot
-    return, so it is a dead end even when framevet does not know the callee."""
+    nothing but padding up to its function's end (or the next function), or up to an
+    aligned label only forward jumps lead to, cannot return, so it is a dead end even
+    when framevet does not know the callee: a compiler aligns such a label (GCC's
+    ``-falign-jumps``) only when nothing falls into it, and it pads loop heads, which
+    backward jumps lead to, whatever precedes them."""
     kind, func = prog.kind, prog.func
     data = {ds.index: prog.elf.sections[ds.index].data for ds in prog.sections}
     for g, k in enumerate(kind):
@@ -164,14 +167,29 @@ def _user_fixups(prog: Program) -> None:
     if prog.elf.got:
         _got_calls(prog)
     _exiting_error_calls(prog)
+    forward, backward = _jump_directions(prog)
     for g, k in enumerate(kind):
         if (k != d.CALL and k != d.CALL_DYNAMIC) or func[g] < 0:
             continue
         n = prog.next_same_sec(g)
+        padded = False
         while n >= 0 and func[n] == func[g] and kind[n] in (d.NOP, d.TRAP):
-            n = prog.next_same_sec(n)
+            n, padded = prog.next_same_sec(n), True
         if n < 0 or func[n] != func[g]:
             prog.dead_end[g] = 1
+        elif (padded and n in forward and n not in backward and not prog.elf.relocatable
+              and (prog.elf.sections[prog.sec_of[n]].addr + prog.off[n]) % 8 == 0):
+            prog.dead_end[g] = 1
+
+
+def _jump_directions(prog: Program) -> tuple[set[int], set[int]]:
+    """Instructions some jump leads to from before them, and from after them."""
+    forward: set[int] = set()
+    backward: set[int] = set()
+    for g, jd in enumerate(prog.jump_dest):
+        if jd >= 0:
+            (forward if jd > g else backward).add(jd)
+    return forward, backward
 
 
 #: C library functions that return only when their first argument (the exit status)
