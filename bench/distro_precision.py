@@ -25,6 +25,7 @@ run, one load each, and times them; ``-j`` files at a time, at ``nice`` 10.
     python3 bench/distro_precision.py --all -j 2         # every file
     python3 bench/distro_precision.py --sample 400 --seed 7 --json out.json
     python3 bench/distro_precision.py /usr/bin/tar /usr/bin/ls
+    python3 bench/distro_precision.py -j 2 --max-mb 8 --minutes 40   # as many as fit
 
 A file that ends in a usage or internal error, or takes longer than ``--timeout``,
 is listed as such and counts against the result (exit status 1).
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-mb", type=float, default=0.0,
                     help="leave out files larger than this many MB (default: none)")
     ap.add_argument("-j", type=int, default=1, help="files measured at a time (default 1)")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="start no file after this many minutes; summarise those measured")
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="seconds per command and file (default 900)")
     ap.add_argument("--profile", choices=("auto", "kernel", "user"), default="auto",
@@ -292,18 +295,30 @@ def main(argv: list[str] | None = None) -> int:
             files = pool
             what = f"all {len(pool)} ELF files of {', '.join(DIRS)}"
         else:
-            files = sorted(random.Random(args.seed).sample(pool, args.sample))
+            # (in the sample's own random order: files measured before --minutes runs
+            # out are a random sample too)
+            files = random.Random(args.seed).sample(pool, args.sample)
             what = (f"a sample of {len(files)} of the {len(pool)} ELF files of "
                     f"{', '.join(DIRS)} (seed {args.seed}"
                     + (f", at most {args.max_mb:g} MB" if args.max_mb else "") + ")")
     print(f"framevet precision on {what}", flush=True)
     t0 = time.perf_counter()
     results: list[FileResult] = []
+    deadline = t0 + 60 * args.minutes if args.minutes else None
+
+    def one(path: str) -> FileResult | None:
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
+        return measure(path, args.timeout, bool(args.json), args.profile)
+
     with ThreadPoolExecutor(max_workers=max(1, args.j)) as ex:
-        for res in ex.map(lambda p: measure(p, args.timeout, bool(args.json),
-                                                args.profile), files):
-            results.append(res)
-            _print_row(res)
+        for res in ex.map(one, files):
+            if res is not None:
+                results.append(res)
+                _print_row(res)
+    if len(results) < len(files):
+        print(f"\nstopped after {args.minutes:g} minutes: {len(results)} of the {len(files)} "
+              f"files measured (the first ones of the sample's random order)")
     wall = time.perf_counter() - t0
     return _summary(results, wall, args.json)
 
