@@ -55,7 +55,8 @@ USER_COMMANDS = {
 
 #: the bundled example (assembled with gcc; its framevet.toml is read beside it)
 EXAMPLE_COMMANDS = {
-    "check": ["check", "-j", "1", "--no-progress", "--format", "json", "--fail-on", "never"],
+    "check": ["check", "-j", "1", "--no-progress", "--profile", "kernel", "--format", "json",
+              "--fail-on", "never"],
     "orc": ["orc", "--dump"],
     "cfa": ["cfa", "--profile", "kernel"],
 }
