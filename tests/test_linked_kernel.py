@@ -40,7 +40,7 @@ def test_a_stale_copy_of_rsp_does_not_restore_the_cfa() -> None:
     assert orc[".text+13"] == "sp:(und) bp:(und) type:call end:1"
     # rsb_stuff: rax is only read across the call, so the frame comes back
     assert orc[".text+2a"] == "sp:sp+16 bp:(und) type:call end:0"
-    out = fv("check", src, "--hints", toml)
+    out = fv("check", "--profile", "kernel", src, "--hints", toml)
     assert out.returncode == 0, out.stdout
 
 
@@ -50,7 +50,7 @@ def test_a_new_stack_does_not_mismatch_the_code_it_joins(tmp_path: Path) -> None
     src.write_text(".text\n.globl f\n.type f,@function\nf:\n push %rbx\n test %edi,%edi\n"
                    " je 2f\n mov %rsp,%rax\n or $0x7fff,%rax\n mov %rax,%rsp\n"
                    " call helper\n2: call helper\n pop %rbx\n ret\n.size f,.-f\n")
-    out = fv("check", str(src))
+    out = fv("check", "--profile", "kernel", str(src))
     assert "stack-state-mismatch" not in out.stdout, out.stdout
     orc = _orc(str(src))
     assert orc[".text+1"] == "sp:sp+16 bp:(und) type:call end:0"
@@ -58,9 +58,9 @@ def test_a_new_stack_does_not_mismatch_the_code_it_joins(tmp_path: Path) -> None
 
 def test_sidecar_intra_function_call_answers_the_finding() -> None:
     src, toml = _fixture("intra-sidecar")
-    bare = fv("check", src)
+    bare = fv("check", "--profile", "kernel", src)
     assert "[unannotated-intra-function-call]" in bare.stdout
-    declared = fv("check", src, "--hints", toml)
+    declared = fv("check", "--profile", "kernel", src, "--hints", toml)
     assert declared.returncode == 0, declared.stdout
     orc = _orc(src, "--hints", toml)
     assert orc[".text+6"] == "sp:sp+16 bp:(und) type:call end:0"
@@ -68,11 +68,11 @@ def test_sidecar_intra_function_call_answers_the_finding() -> None:
 
 def test_noreturn_paths_owe_the_caller_no_register() -> None:
     src, toml = _fixture("noreturn-tail")
-    bare = fv("check", src)
+    bare = fv("check", "--profile", "kernel", src)
     # to_die's tail call goes to a function that never returns: no finding there
     assert "to_die" not in bare.stdout
     assert "give_up+0x7: tail call with callee-saved rbx" in bare.stdout
-    declared = fv("check", src, "--hints", toml)
+    declared = fv("check", "--profile", "kernel", src, "--hints", toml)
     assert declared.returncode == 0, declared.stdout
 
 
@@ -80,12 +80,12 @@ def test_linked_jumps_to_a_return_thunk_are_returns(tmp_path: Path) -> None:
     # sched_slave: its first tail call goes to a noreturn function, its returns are
     # jumps to the thunk; without relocations only the thunk's shape tells
     image = _link("return-thunk", tmp_path)
-    out = fv("check", image)
+    out = fv("check", "--profile", "kernel", image)
     assert out.returncode == 0, out.stdout
 
 
 def test_kernel_jump_over_a_lock_prefix() -> None:
-    out = fv("check", str(LINKED / "jump-over-lock.S"))
+    out = fv("check", "--profile", "kernel", str(LINKED / "jump-over-lock.S"))
     assert out.returncode == 0, out.stdout
     orc = _orc(str(LINKED / "jump-over-lock.S"))
     assert orc[".text+7"] == "sp:(und) bp:(und) type:call end:0"
@@ -108,7 +108,7 @@ def test_foreign_code_and_data_are_left_out(tmp_path: Path) -> None:
     # 32-bit boot code does not decode as x86-64: its stretch is left out, with a note,
     # and the STT_OBJECT GDT is data; the 64-bit function is walked as usual
     image = _link("foreign-code", tmp_path)
-    out = fv("check", "--stats", image)
+    out = fv("check", "--profile", "kernel", "--stats", image)
     assert out.returncode == 0, out.stdout
     assert "boot32: 11 bytes left out" in out.stdout and "[code-left-out]" in out.stdout
     assert "undecodable-instruction" not in out.stdout
@@ -122,7 +122,7 @@ def test_foreign_code_and_data_are_left_out(tmp_path: Path) -> None:
 def test_assembly_entry_labels_are_walked(tmp_path: Path) -> None:
     # page_fault_entry is reached by no call: it is walked from a new stack's state
     image = _link("entry-label", tmp_path)
-    out = fv("check", "--stats", image)
+    out = fv("check", "--profile", "kernel", "--stats", image)
     assert out.returncode == 0, out.stdout
     assert "18 instructions walked" in out.stderr  # (the ud2 after fatal_trap: not)
     assert _orc(image)[".text+1"] == "sp:(und) bp:(und) type:call end:1"
@@ -130,19 +130,19 @@ def test_assembly_entry_labels_are_walked(tmp_path: Path) -> None:
 
 def test_declarations_by_label_address_and_non_standard(tmp_path: Path) -> None:
     src, toml = _fixture("declarations")
-    bare = fv("check", src)
+    bare = fv("check", "--profile", "kernel", src)
     assert "[sibling-call-modified-frame]" in bare.stdout      # the longjmp
     assert "[unreachable-instruction]" in bare.stdout           # the label, never entered
-    declared = fv("check", src, "--hints", toml)
+    declared = fv("check", "--profile", "kernel", src, "--hints", toml)
     assert declared.returncode == 0, declared.stdout
     assert _orc(src, "--hints", toml)[".text+7"] == "sp:sp+8 bp:(und) type:regs (partial) end:0"
     by_address = tmp_path / "address.toml"
     by_address.write_text('[longjmp_like]\nnon_standard = true\n\n["0x7"]\nentry = "iret"\n'
                           "extra_words = 1\n")
-    assert fv("check", src, "--hints", str(by_address)).returncode == 0
+    assert fv("check", "--profile", "kernel", src, "--hints", str(by_address)).returncode == 0
 
 
 def test_a_retpoline_thunk_is_no_finding(tmp_path: Path) -> None:
     image = _link("retpoline", tmp_path)
-    out = fv("check", image)
+    out = fv("check", "--profile", "kernel", image)
     assert out.returncode == 0, out.stdout
