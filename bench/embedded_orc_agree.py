@@ -29,8 +29,8 @@ from contextlib import redirect_stdout
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from framevet.errors import InputError  # noqa: E402
 from framevet.load import load_path  # noqa: E402
+from framevet.load.errors import InputError  # noqa: E402
 from framevet.pipeline import Options, analyse  # noqa: E402
 from framevet.unwind.orc import dump_text, generate  # noqa: E402
 from framevet.unwind.orcread import dump_existing  # noqa: E402

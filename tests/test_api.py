@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from framevet import api
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 EXAMPLE = ROOT / "examples" / "entry-stubs.S"
 

@@ -8,8 +8,8 @@ import pytest
 
 from framevet.emulate import Budget, RunStats, run_abi
 from framevet.emulate.spec import parse_args_spec
-from framevet.errors import InputError
 from framevet.load import LoadedObject, load_path
+from framevet.load.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 ARGS = "ptr:64:rand,int:0..63"

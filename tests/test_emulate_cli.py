@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from framevet.cli.emulation import parse_side, read_sidecar, run_abi_command, run_diff_command
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 SAVE = str(FIX / "save-extra-regs.S")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from framevet.emulate import FunctionTarget, RunStats, diff, parse_target
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 SAVE = str(FIX / "save-extra-regs.S")

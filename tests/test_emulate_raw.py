@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from framevet.emulate import RawTarget, RunStats, diff, parse_symbols, run_raw
-from framevet.errors import InputError
 from framevet.load import LoadedObject, load_path
+from framevet.load.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "emulate"
 STUB_VA = 0xFFFF82D07FFF1040          # this_stubs->addr + STUB_BUF_SIZE / 2

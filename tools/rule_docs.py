@@ -1,4 +1,4 @@
-"""Write the rule pages shipped in the package (src/framevet/data/rules/): one markdown
+"""Write the rule pages shipped in the package (src/framevet/rules/pages/): one markdown
 page per rule id, what SARIF viewers link to as the rule's help.
 
     python3 tools/rule_docs.py          # rewrite them

@@ -69,7 +69,7 @@ class Analysis:
 
 def load(path: str | os.PathLike[str], cflags: Sequence[str] = ()) -> list[LoadedObject]:
     """Every ELF image in ``path`` (an object, an archive's members, an assembled ``.S``).
-    Bad input raises :class:`framevet.errors.InputError` with a one-line message."""
+    Bad input raises :class:`framevet.load.errors.InputError` with a one-line message."""
     return load_path(os.fspath(path), list(cflags))
 
 

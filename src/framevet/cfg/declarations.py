@@ -46,7 +46,7 @@ from framevet.decode.state import (
     TYPE,
     func_entry_state,
 )
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 from framevet.load.object import LoadedObject
 
 REG_BY_NAME = {n: i for i, n in enumerate(d.REG_NAMES[:16])}

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 KINDS = ("flag", "seqcount", "publish")
 REGS64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",

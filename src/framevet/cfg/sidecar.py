@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 SIDECAR_NAME = "framevet.toml"
 

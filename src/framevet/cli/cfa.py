@@ -8,8 +8,8 @@ from typing import Any
 
 from framevet.api import table_rows
 from framevet.cli.common import EXIT_CLEAN, show
-from framevet.errors import InputError
 from framevet.load import load_path
+from framevet.load.errors import InputError
 from framevet.unwind.cfatable import CfaTable, cfa_table
 
 

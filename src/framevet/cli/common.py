@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from framevet.errors import InputError
 from framevet.findings import Finding
+from framevet.load.errors import InputError
 from framevet.load.inputs import ASM_SUFFIXES
 from framevet.report.formats import render
 from framevet.report.html import Listings

@@ -42,10 +42,10 @@ from framevet.emulate import (
 )
 from framevet.emulate.avx import dirty_exits
 from framevet.emulate.writeorder import read_declarations, run_write_order
-from framevet.errors import InputError
 from framevet.findings import Finding as ReportFinding
 from framevet.findings import Location
 from framevet.load import LoadedObject, load_path
+from framevet.load.errors import InputError
 from framevet.load.object import read_file
 
 

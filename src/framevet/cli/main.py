@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from framevet import __version__
 from framevet.cli import abi, cfa, cfi, check, completion, config, diff, orc, rules, scan
 from framevet.cli.common import EXIT_CLEAN, EXIT_ERROR
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 COMMANDS = (check, orc, cfa, cfi, abi, diff, rules, scan, config, completion)
 

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from framevet.cli.common import EXIT_CLEAN, EXIT_FINDINGS, add_common
-from framevet.errors import InputError
 from framevet.load import load_path
+from framevet.load.errors import InputError
 from framevet.pipeline import Context, Options, analyse
 from framevet.unwind.orc import already_has_orc, dump_text, generate, unknown_cfa_base
 from framevet.unwind.orcread import dump_existing

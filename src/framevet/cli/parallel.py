@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from framevet import rules
 from framevet.cfg.declarations import read_declarations
-from framevet.errors import InputError
 from framevet.findings import Finding, Location
 from framevet.load import load_path
+from framevet.load.errors import InputError
 from framevet.load.inputs import archive_size
 from framevet.pipeline import Options, add_explanations, analyse
 from framevet.stack.coverage import coverage

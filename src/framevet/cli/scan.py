@@ -13,7 +13,7 @@ from typing import Any
 from framevet.cli.check import OBJTOOL_SWITCHES
 from framevet.cli.check import options as check_options
 from framevet.cli.common import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, FAIL_ON
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 from framevet.scan.dashboard import write_dashboard
 from framevet.scan.pools import DaskPool, LocalPool, Pool
 from framevet.scan.runner import Limits, Scanner

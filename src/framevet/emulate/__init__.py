@@ -20,7 +20,7 @@ Three entry points, which ``framevet abi`` and ``framevet diff`` call:
     run two versions on the same states, report the first ``diff-divergence``.
 
 All three return a list of :class:`Finding` (empty: clean) and raise
-:class:`framevet.errors.InputError` for bad input (unknown function, bad
+:class:`framevet.load.errors.InputError` for bad input (unknown function, bad
 ``--args``, unreadable file).  They never hang: every run has an instruction,
 time and memory :class:`Budget`.
 """
@@ -47,9 +47,9 @@ from framevet.emulate.findings import (
 from framevet.emulate.image import Image, link, place_raw
 from framevet.emulate.raw import stub_checks
 from framevet.emulate.spec import Budget, check_budget, parse_args_spec
-from framevet.errors import InputError
 from framevet.load import LoadedObject, load_path
 from framevet.load.elf import STT_FUNC
+from framevet.load.errors import InputError
 
 __all__ = [
     "ABI_VIOLATION", "CPU_MODELS", "DEFAULT_CPU", "DIFF_DIVERGENCE", "EMULATION_ERROR",

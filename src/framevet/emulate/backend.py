@@ -15,7 +15,7 @@ from iced_x86 import Decoder, EncodingKind, Mnemonic
 
 from framevet.emulate import bxlib
 from framevet.emulate.image import Image
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 EMULATORS = ("auto", "unicorn", "bochs")
 #: VEX-encoded instructions unicorn executes (see machine._VEX_OK)

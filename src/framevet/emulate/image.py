@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from iced_x86 import Decoder, FlowControl
 
-from framevet.errors import InputError
 from framevet.load.elf import (
     ET_REL,
     SHF_ALLOC,
@@ -42,6 +41,7 @@ from framevet.load.elf import (
     Section,
     Symbol,
 )
+from framevet.load.errors import InputError
 from framevet.load.object import LoadedObject
 
 PAGE = 0x1000

@@ -57,7 +57,7 @@ from framevet.emulate.spec import (
 from framevet.emulate.ucregs import UC_REGS as _UC_REGS
 from framevet.emulate.ucregs import XMM as _XMM
 from framevet.emulate.ucregs import RegFile
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 TRACE_LEN = 12
 #: external symbols that change no register: ftrace entry and the return thunks

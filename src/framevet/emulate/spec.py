@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 PAGE = 0x1000
 

@@ -41,8 +41,8 @@ from framevet.emulate.spec import (
     parse_args_spec,
 )
 from framevet.emulate.ucregs import UC_REGS
-from framevet.errors import InputError
 from framevet.load import LoadedObject
+from framevet.load.errors import InputError
 from framevet.stack.writejudge import Judge, Phase, Verdict
 
 RULE, UNVERIFIED = "write-order", "write-order-unverified"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"

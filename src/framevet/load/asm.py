@@ -11,8 +11,8 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
-from framevet.errors import InputError
 from framevet.load.elf import parse_elf
+from framevet.load.errors import InputError
 from framevet.load.object import LoadedObject
 
 

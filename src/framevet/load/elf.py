@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 EM_X86_64 = 62
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3

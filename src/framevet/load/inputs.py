@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from framevet.errors import InputError
 from framevet.load.archive import is_archive, iter_members
 from framevet.load.asm import assemble
 from framevet.load.elf import parse_elf
+from framevet.load.errors import InputError
 from framevet.load.object import LoadedObject, read_file
 from framevet.load.plt import with_plt_symbols
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from framevet.errors import InputError
 from framevet.load.elf import ElfObject
+from framevet.load.errors import InputError
 
 
 @dataclass

@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from framevet.errors import InputError
 from framevet.findings import Finding
+from framevet.load.errors import InputError
 from framevet.report.fingerprint import VERSION, fingerprints
 
 _IGNORE = re.compile(r"framevet:\s*ignore\[([^\]]*)\]")

@@ -77,7 +77,7 @@ class Rule:
 
 REGISTRY: dict[str, Rule] = {}
 #: the rule pages shipped in the package (``tools/rule_docs.py`` writes them)
-DOCS = Path(__file__).resolve().parent.parent / "data" / "rules"
+DOCS = Path(__file__).resolve().parent / "pages"
 
 
 def doc_path(rule_id: str) -> Path:

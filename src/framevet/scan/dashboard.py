@@ -11,7 +11,7 @@ import html
 import sqlite3
 from typing import Any
 
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 WORST = 25
 _CSS = """

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from framevet import rules
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 from framevet.scan.isolate import TICK, Child, run_isolated
 from framevet.scan.work import Outcome, ScanOptions, analyse_image
 

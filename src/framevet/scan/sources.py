@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, BinaryIO, cast
 
-from framevet.errors import InputError
 from framevet.load.archive import MAGIC as AR_MAGIC
 from framevet.load.archive import iter_members
+from framevet.load.errors import InputError
 
 ELF_MAGIC = b"\x7fELF"
 _AR_HEADER = 60

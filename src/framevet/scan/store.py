@@ -118,7 +118,7 @@ class Store:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                             (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as exc:
-            from framevet.errors import InputError
+            from framevet.load.errors import InputError
 
             raise InputError(path, f"not a usable scan database ({exc})") from None
         self.scan_id = 0

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from framevet import __version__
-from framevet.errors import InputError
 from framevet.findings import Finding
 from framevet.load.elf import ElfObject, parse_elf
+from framevet.load.errors import InputError
 from framevet.load.object import LoadedObject
 from framevet.pipeline import Options, analyse
 from framevet.unwind.cficheck import check_cfi

@@ -5,8 +5,8 @@ Used to check framevet's own output (``framevet orc --read OUT``) without objtoo
 
 from __future__ import annotations
 
-from framevet.errors import InputError
 from framevet.load.elf import STT_SECTION, ElfObject
+from framevet.load.errors import InputError
 from framevet.unwind.orc import format_entry, unpack_entry
 
 

@@ -13,7 +13,6 @@ import stat
 import struct
 import tempfile
 
-from framevet.errors import InputError
 from framevet.load.elf import (
     SHF_ALLOC,
     SHT_PROGBITS,
@@ -22,6 +21,7 @@ from framevet.load.elf import (
     STT_SECTION,
     ElfObject,
 )
+from framevet.load.errors import InputError
 from framevet.unwind.orc import OrcRow, pack_entry
 
 SHF_INFO_LINK = 0x40
