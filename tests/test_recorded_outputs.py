@@ -45,6 +45,6 @@ def inputs() -> Iterator[Path]:
 @pytest.mark.parametrize(("case", "argv", "name"), REC.cases(), ids=[c[0] for c in REC.cases()])
 def test_output_is_as_recorded(case: str, argv: list[str], name: str, inputs: Path) -> None:
     recorded = (REC.OUT / f"{case}.txt").read_text()
-    assert REC.run(argv, name, inputs) == recorded, (
+    assert REC.run(argv, name, inputs / REC.folder(case)) == recorded, (
         f"{case}: output changed; if on purpose, re-record with "
         f"`python tools/record_outputs.py {case}` and review the diff")

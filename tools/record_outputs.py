@@ -78,17 +78,26 @@ def cases() -> list[tuple[str, list[str], str]]:
 @contextlib.contextmanager
 def inputs() -> Iterator[Path]:
     """A directory holding every input under its plain name (paths are part of the
-    output, so every case runs in that directory on a relative name)."""
+    output, so every case runs in its input's directory on a relative name).  The
+    example and its framevet.toml sit in ``example/``, apart from the other inputs,
+    which the declarations are not about."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        (d / "example").mkdir()
+        (d / "objects").mkdir()
         for f in ("entry-stubs.S", "framevet.toml"):
-            (d / f).symlink_to(ROOT / "examples" / f)
+            (d / "example" / f).symlink_to(ROOT / "examples" / f)
         for m in MODULES:
-            (d / f"{m}.ko").symlink_to(CORPUS / f"{m}.ko")
+            (d / "objects" / f"{m}.ko").symlink_to(CORPUS / f"{m}.ko")
         for m in LIBC_MEMBERS:
-            (d / m).write_bytes(subprocess.run(["ar", "p", str(LIBC), m], check=True,
-                                               capture_output=True).stdout)
+            (d / "objects" / m).write_bytes(subprocess.run(
+                ["ar", "p", str(LIBC), m], check=True, capture_output=True).stdout)
         yield d
+
+
+def folder(case: str) -> str:
+    """The folder of ``inputs()`` that holds the case's input."""
+    return "example" if case.startswith("example-") else "objects"
 
 
 def run(argv: list[str], name: str, where: Path) -> str:
@@ -118,7 +127,7 @@ def main() -> int:
         for case, argv, name in cases():
             if args.cases and case not in args.cases:
                 continue
-            text = run(argv, name, where)
+            text = run(argv, name, where / folder(case))
             path = OUT / f"{case}.txt"
             if args.check:
                 old = path.read_text() if path.exists() else ""
