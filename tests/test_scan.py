@@ -110,6 +110,9 @@ def test_a_second_run_reuses_every_result(scanned: dict[str, Any]) -> None:
         assert con.execute("SELECT count(*) FROM analyses").fetchone()[0] == 6
         assert con.execute("SELECT count(*) FROM scans WHERE finished IS NOT NULL"
                            ).fetchone()[0] == 2
+        # both packages were taken whole from the first scan, by their own hash
+        assert con.execute("SELECT scan_id, count(*) FROM sources GROUP BY scan_id"
+                           ).fetchall() == [(1, 2), (2, 2)]
     assert stored_findings(db, 1) == stored_findings(db, 2)
 
 
@@ -159,6 +162,11 @@ def test_bad_input_is_an_error_row_and_the_scan_goes_on(builds: Builds,
     assert rows["/usr/lib/libfvbad.so.1"] == "ok"            # the good member still counts
     assert rows["/usr/bin/cut-short"] == "error"
     assert rows[str(debs / whole.name)].startswith("corrupt package")
+    with sqlite3.connect(db) as con:
+        # none of the three is remembered whole: the next scan reads them again
+        assert con.execute("SELECT count(*) FROM sources").fetchone()[0] == 0
+    again = fv("scan", "--db", str(db), "--format", "json", str(debs))
+    assert again.stderr == r.stderr and json.loads(again.stdout)["analysed"] == 0
 
 
 def _objects(dest: Path) -> Path:
@@ -255,3 +263,21 @@ def test_the_dashboard_renders_in_headless_chromium(scanned: dict[str, Any],
             "SELECT package, count(DISTINCT path), count(rule) FROM files f LEFT JOIN findings x "
             "ON x.analysis_id = f.analysis_id WHERE scan_id = ? GROUP BY package", (last,))
         assert sorted(rows) == sorted((p, str(n), str(k)) for p, n, k in want)
+
+
+def test_the_same_bytes_at_two_paths_are_analysed_once_and_recorded_twice(
+        builds: Builds, tmp_path: Path) -> None:
+    objs = tmp_path / "objs"
+    (objs / "sub").mkdir(parents=True)
+    for name in ("a.a", "sub/b.a"):
+        (objs / name).write_bytes(builds.archive.read_bytes())
+    db = tmp_path / "s.sqlite"
+    members = {f"{a}({m})" for a in (str(objs / "a.a"), str(objs / "sub/b.a"))
+               for m in ("push-no-cfi.o", "ok-built-frame.o", "regs.o")}
+    for run in (1, 2):
+        r = fv("scan", "--db", str(db), "--format", "json", str(objs))
+        summary = json.loads(r.stdout)
+        assert summary["files"] == 6 and summary["analysed"] == (3 if run == 1 else 0)
+        with sqlite3.connect(db) as con:
+            paths = {p for p, in con.execute("SELECT path FROM files WHERE scan_id = ?", (run,))}
+        assert paths == members

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -59,24 +60,61 @@ class Broken:
 Item = Member | Broken
 
 
-def iter_inputs(paths: list[str]) -> Iterator[Item]:
-    """Every ELF image under ``paths``, in a stable order (directories sorted)."""
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input file: an ELF image, an archive or a package (whole-file hash and size)."""
+
+    path: str
+    sha256: str
+    size: int
+    explicit: bool
+
+    def items(self) -> Iterator[Item]:
+        """Its ELF images (and what could not be read)."""
+        return _file(self.path, self.explicit)
+
+
+def iter_sources(paths: list[str]) -> Iterator[Source | Broken]:
+    """Every input file under ``paths``, in a stable order (directories sorted); in a
+    directory only ELF files, archives and packages, recognised by their magic."""
     for path in paths:
         if os.path.isdir(path):
             yield from _walk(path)
         elif not os.path.exists(path):
             yield Broken("", path, "no such file")
         else:
-            yield from _file(path, explicit=True)
+            yield _source(path, explicit=True)
 
 
-def _walk(root: str) -> Iterator[Item]:
+def _walk(root: str) -> Iterator[Source | Broken]:
     for top, dirs, files in os.walk(root, onerror=None):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(top, name)
             if os.path.isfile(path) and not os.path.islink(path):
-                yield from _file(path, explicit=False)
+                source = _source(path, explicit=False)
+                if isinstance(source, Broken) or source.sha256:
+                    yield source
+
+
+def _source(path: str, explicit: bool) -> Source | Broken:
+    """A file as a :class:`Source`; one that is neither ELF nor ``ar`` gets no hash (it is
+    not read further) unless it was named, when :meth:`Source.items` says what it is."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if not (head.startswith(ELF_MAGIC) or head == AR_MAGIC):
+                return Source(path, "", 0, explicit)
+            digest.update(head)
+            size = len(head)
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        return Broken("", path, exc.strerror or str(exc))
+    return Source(path, digest.hexdigest(), size, explicit)
 
 
 def _file(path: str, explicit: bool) -> Iterator[Item]:

@@ -79,8 +79,18 @@ CREATE TABLE IF NOT EXISTS files (
     size            INTEGER,
     analysis_id     INTEGER REFERENCES analyses(id),
     error           TEXT,
+    source          TEXT NOT NULL,
     PRIMARY KEY (scan_id, package, path)
 );
+CREATE TABLE IF NOT EXISTS sources (
+    scan_id INTEGER NOT NULL REFERENCES scans(id),
+    path    TEXT NOT NULL,
+    sha256  TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    PRIMARY KEY (scan_id, path)
+);
+CREATE INDEX IF NOT EXISTS sources_by_sha ON sources(sha256);
+CREATE INDEX IF NOT EXISTS files_by_source ON files(scan_id, source);
 CREATE INDEX IF NOT EXISTS files_by_analysis ON files(analysis_id);
 CREATE INDEX IF NOT EXISTS findings_by_rule ON findings(rule);
 CREATE VIEW IF NOT EXISTS file_findings AS
@@ -96,6 +106,7 @@ class Cached:
     analysis_id: int
     status: str
     timeout: float
+    reason: str
 
 
 @dataclass
@@ -164,7 +175,7 @@ class Store:
 
     def lookup(self, sha256: str) -> Cached | None:
         row = self.db.execute(
-            "SELECT id, status, timeout FROM analyses "
+            "SELECT id, status, timeout, coalesce(reason, '') FROM analyses "
             "WHERE sha256 = ? AND version = ? AND options_hash = ?",
             (sha256, self.version, self.options_hash)).fetchone()
         return Cached(*row) if row else None
@@ -199,11 +210,50 @@ class Store:
 
     def record_file(self, package: str, package_version: str, path: str,
                     sha256: str | None, size: int | None, analysis_id: int | None,
-                    error: str | None = None) -> None:
+                    source: str, error: str | None = None) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.scan_id, package, package_version, path, sha256, size, analysis_id, error))
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.scan_id, package, package_version, path, sha256, size, analysis_id, error,
+             source))
         self._uncommitted += 1
+
+    def findings_of(self, analysis_id: int) -> int:
+        row = self.db.execute("SELECT count(*) FROM findings WHERE analysis_id = ?",
+                              (analysis_id,)).fetchone()
+        return int(row[0])
+
+    def record_source(self, path: str, sha256: str, size: int) -> None:
+        """An input file all of whose images are stored, none of them failed."""
+        self.db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
+                        (self.scan_id, path, sha256, size))
+        self._uncommitted += 1
+
+    def copy_source(self, sha256: str, path: str, size: int) -> list[tuple[str, str, int]] | None:
+        """The rows of the last complete reading of an input file with this content, under
+        this version and these options, copied into this scan as coming from ``path``:
+        (package, path, findings) of each; None when there is none."""
+        row = self.db.execute(
+            "SELECT s.scan_id, s.path FROM sources s JOIN scans c ON c.id = s.scan_id "
+            "WHERE s.sha256 = ? AND c.version = ? AND c.options_hash = ? "
+            "ORDER BY s.scan_id = ? DESC, s.scan_id DESC LIMIT 1",
+            (sha256, self.version, self.options_hash, self.scan_id)).fetchone()
+        if row is None:
+            return None
+        scan_id, old_path = row
+        rows = self.db.execute(
+            "SELECT package, package_version, path, sha256, size, analysis_id, error, "
+            "(SELECT count(*) FROM findings x WHERE x.analysis_id = f.analysis_id) "
+            "FROM files f WHERE scan_id = ? AND source = ?", (scan_id, old_path)).fetchall()
+        # outside a package a file's name is the input's own path (``lib.a(m.o)``): it
+        # follows the input to where it is now
+        rows = [(r[0], r[1], path + r[2][len(old_path):], *r[3:])
+                if not r[0] and r[2].startswith(old_path) else r for r in rows]
+        self.db.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(self.scan_id, *r[:7], path) for r in rows])
+        self._uncommitted += len(rows)
+        self.record_source(path, sha256, size)
+        return [(r[0], r[2], r[7]) for r in rows]
 
     def commit(self, force: bool = True) -> None:
         """Make everything so far durable; with ``force=False`` only once enough waits."""
