@@ -172,7 +172,7 @@ def test_bad_input_is_an_error_row_and_the_scan_goes_on(builds: Builds,
 def _objects(dest: Path) -> Path:
     """A directory of distinct objects (the stack fixtures) for the kill test."""
     dest.mkdir()
-    for i, src in enumerate(sorted(FIXTURES.glob("*/*.S"))[:30]):
+    for i, src in enumerate(sorted(FIXTURES.glob("*/*.S"))[:20]):
         obj = assemble(src)
         (dest / f"{i:03d}-{src.stem}.o").write_bytes(obj.read_bytes())
     return dest

@@ -12,6 +12,7 @@ which ``multiprocessing`` does not let have children.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import pickle
 import resource
@@ -90,6 +91,9 @@ def _child(job: Callable[[], Outcome], wfd: int, memory_mb: int) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # what the child inherited (a Dask worker's whole heap, say) is not its garbage:
+        # the collector need not walk it, and touching it would copy its pages
+        gc.freeze()
         faulthandler.disable()      # a crash is reported by the parent, in one line
         if memory_mb > 0:
             _limit_memory(memory_mb)

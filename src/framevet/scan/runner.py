@@ -201,12 +201,12 @@ class Scanner:
                                    p.source)
         self.store.commit()
         failed = outcome.status in ("error", "timeout")
+        self.tally.analysed += 1
+        self.tally.by_status[outcome.status] += 1
         for p in job.places:
             if failed:
                 print(f"{p.display}: error: {outcome.reason}", file=sys.stderr)
             self._advance(len(outcome.findings))
-        self.tally.analysed += 1
-        self.tally.by_status[outcome.status] += 1
         for p in job.places:
             reading = self.reading[p.source]
             reading.pending -= 1
