@@ -26,7 +26,17 @@ UACCESS, UACCESS_STACK, DF = 9, 10, 11
 NOINSTR, INSTR = 12, 13
 REGS = 16          # regs[r] base at REGS + 2r, offset at REGS + 2r + 1
 VALS = REGS + 2 * NREGS
-STATE_LEN = VALS + 2 * NREGS
+#: profile user: a stack slot known to hold a copy of the CFA besides the one the CFA
+#: rule may name -- at ``rsp + state[SLOT_AT]``, holding ``CFA + state[SLOT_VAL]``
+SLOT_AT = VALS + 2 * NREGS
+SLOT_VAL = SLOT_AT + 1
+STATE_LEN = SLOT_AT + 2
+#: SLOT_AT when no slot is known
+NO_SLOT = -(1 << 40)
+#: profile user, VALS bases besides CFA: the register holds ``rsp + k`` (rsp as it is
+#: now: a copy of a realigned rsp); it was loaded from the stack and may hold a copy of
+#: the CFA framevet does not know of (:mod:`framevet.stack.cfacopies`)
+SP_REL, MAYBE = -8, -9
 #: STACK below this: rsp's distance to the CFA is unknown (after a realignment)
 STACK_UNKNOWN = -(1 << 29)
 CFI_FIELDS = list(range(0, 9)) + list(range(REGS, STATE_LEN))
@@ -45,6 +55,7 @@ def blank_state() -> list[int]:
     for r in range(NREGS):
         s[REGS + 2 * r] = UNDEFINED
         s[VALS + 2 * r] = UNDEFINED
+    s[SLOT_AT] = NO_SLOT
     return s
 
 

@@ -25,6 +25,7 @@ from framevet.decode.state import (
     cfa_back_to_rsp,
     restore_reg,
 )
+from framevet.stack.cfacopies import track
 from framevet.stack.userframe import (
     copy_of_cfa,
     forget_overwritten,
@@ -64,7 +65,11 @@ def user_realign(s: list[int], dreg: int) -> bool:
             return True
         return False
     for r in _FRAME_REG_ORDER:
-        if s[VALS + 2 * r] == CFA and r != s[DRAP_REG]:
+        # (a DRAP-like ``lea -8(%rsp),%r11`` a few instructions earlier: poly1305's
+        # frame register, not objtool's DRAP, which assumes %r11 == CFA)
+        if s[VALS + 2 * r] == CFA:
+            if r == s[DRAP_REG]:
+                s[DRAP_REG] = UNDEFINED
             s[CFA_BASE] = r                                  # r = CFA + vals_off
             s[CFA_OFF] = -s[VALS + 2 * r + 1]
             s[STACK] = STACK_UNKNOWN * 2                    # rsp is realigned
@@ -107,16 +112,26 @@ def next_is_realign(w: Walker, g: int, reg: int = -1) -> bool:
     return False
 
 
-def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
-    """Profile user, after instruction ``g``: what it overwrote that the state relies
-    on.  A call clobbers the caller-saved registers' copies of rsp; an instruction that
-    overwrites the register the CFA is computed from (not DRAP, not rbp) moves the CFA
-    back to rsp when rsp's distance to it is known, else loses it.  True when the
-    state changed."""
+def user_after(w: Walker, g: int, s: list[int], pre: list[int]) -> bool:
+    """Profile user, after instruction ``g`` (``pre``: the state before it): the
+    idioms of :func:`_user_idioms`, then the exact copies of the CFA
+    (:mod:`framevet.stack.cfacopies`).  True when the state changed."""
+    prog = w.prog
+    call = prog.kind[g] == d.CALL or prog.kind[g] == d.CALL_DYNAMIC
+    clobbered = _call_clobbers(prog, g) if call else frozenset()
+    changed = _user_idioms(w, g, s, pre[CFA_BASE], clobbered)
+    return track(prog, g, pre, s, sum(1 << r for r in clobbered)) or changed
+
+
+def _user_idioms(w: Walker, g: int, s: list[int], base_before: int,
+                 clobbered: frozenset[int]) -> bool:
+    """What instruction ``g`` overwrote that the state relies on.  A call clobbers the
+    caller-saved registers' copies of rsp; an instruction that overwrites the register
+    the CFA is computed from (not DRAP, not rbp) moves the CFA back to rsp when rsp's
+    distance to it is known, else loses it.  True when the state changed."""
     prog = w.prog
     k = prog.kind[g]
     call = k == d.CALL or k == d.CALL_DYNAMIC
-    clobbered: frozenset[int] = frozenset()
     forget_overwritten(prog, g, s)
     changed = k == d.OTHER and prog.length[g] == 3 and user_reg_move(w, g, s)
     if k == d.OTHER and prog.ops[g] is not None and 0 <= s[CFA_BASE] < 16 \
@@ -127,7 +142,6 @@ def user_after(w: Walker, g: int, s: list[int], base_before: int) -> bool:
             return True
         changed = restore_through_base(w, g, s) or changed
     if call:
-        clobbered = _call_clobbers(prog, g)
         for r in clobbered:
             if s[VALS + 2 * r] == CFA:
                 s[VALS + 2 * r] = UNDEFINED

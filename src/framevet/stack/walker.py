@@ -35,6 +35,7 @@ from framevet.decode.state import (
     func_entry_state,
 )
 from framevet.load.elf import STB_GLOBAL, STT_NOTYPE
+from framevet.stack.cfacopies import same_spelled
 from framevet.stack.effects import update_cfi
 from framevet.stack.rspcopies import (
     copy_killers,
@@ -304,16 +305,16 @@ class Walker(TransferChecks):
                 phase = 0
                 k = kind[g]
                 ops = ops_l[g]
-                base0 = state[CFA_BASE]
                 if killers and (kill := killers.get(g)) and forget_stale_copies(state, kill):
                     snap = None
+                pre = state[:] if user else state
                 if ops is not None:
                     for op in ops:
                         update_cfi(self, g, state, op)
                     if pushf and g in alt_group:
                         self._pushf(g, state, ops)
                     snap = None
-                if user and user_after(self, g, state, base0):
+                if user and user_after(self, g, state, pre):
                     snap = None
                 if k != d.OTHER and k != d.NOP:
                     to = self._transfer(func, g, k, state, wsec, stack)
@@ -481,7 +482,8 @@ class Walker(TransferChecks):
         if c1 is None:
             self.warn(-1, "cfi-state-missing", "CFI missing")
             return False
-        if c1[CFA_BASE] != state[CFA_BASE] or c1[CFA_OFF] != state[CFA_OFF]:
+        if (c1[CFA_BASE] != state[CFA_BASE] or c1[CFA_OFF] != state[CFA_OFF]) \
+                and not (self.prog.profile == "user" and same_spelled(c1, state)):
             self.warn(g, "stack-state-mismatch",
                       f"stack state mismatch: cfa1={c1[CFA_BASE]}{c1[CFA_OFF]:+d} "
                       f"cfa2={state[CFA_BASE]}{state[CFA_OFF]:+d}")

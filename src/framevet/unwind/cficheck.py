@@ -27,7 +27,11 @@ with an expression framevet does not model; a CFI that still names a register's
 save slot after the epilogue restored it (the slot still holds the value: GCC
 never emits ``.cfi_restore`` there); frames whose return address is
 ``undefined`` (outermost frames: thread and context starts).  A CFA rule on a
-register framevet knows holds ``CFA - k`` (``mov %rsp, %rbx``) is the same rule.
+register or stack slot framevet knows holds a copy of the CFA (``mov %rsp, %rbx``,
+``mov %rax, 16(%rsp)``) is the same rule; one naming a register reloaded from, or
+a slot in, stack memory framevet does not track gets one ``cfa-unmodelled`` note
+per function and is not compared.  Registers a local helper's callers never read
+after the call (:mod:`framevet.unwind.localconv`) are not compared in the helper.
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ from framevet.decode import insn as d
 from framevet.findings import Finding, Location, SymbolIndex
 from framevet.load.elf import STT_FUNC
 from framevet.load.object import LoadedObject
-from framevet.unwind.cfarule import CFA_EXPR, CFA_UNDEFINED, CfaRule, reg_name
+from framevet.unwind.cfarule import (
+    CFA_DEREF,
+    CFA_EXPR,
+    CFA_UNDEFINED,
+    DWARF_NAMES,
+    CfaRule,
+    reg_name,
+)
 from framevet.unwind.cfatable import CfaTable, cfa_table
 from framevet.unwind.cfifix import (
     CHECKED_REGS,
@@ -54,7 +65,7 @@ from framevet.unwind.cfifix import (
 from framevet.unwind.cfiplaces import RegisterPlaces
 from framevet.unwind.dwarf import FdeTable, read_cfi
 
-MISMATCH, MISSING = "cfi-mismatch", "cfi-missing"
+MISMATCH, MISSING, UNMODELLED = "cfi-mismatch", "cfi-missing", "cfa-unmodelled"
 
 _PADDING = (d.NOP, d.TRAP)
 
@@ -116,6 +127,7 @@ class _Checker:
         self._reg_cache: dict[int, dict[int, str]] = {}
         self._keep: list[CfaRule] = []
         self._current_fde: FdeTable | None = None
+        self._noted: set[int] = set()          # functions with a cfa-unmodelled note
 
     # -- findings --------------------------------------------------------------
     def _where(self, sec: int, off: int) -> tuple[Location, tuple[str, int] | None]:
@@ -222,7 +234,13 @@ class _Checker:
         streak: dict[str, int] = {}      # component -> where its mismatch began
         rows = fde.rows
         ri = 0
+        visited = table.result.visited
         for g in _range(prog, fde.section, fde.start, fde.end):
+            if not visited[g] and prog.kind[g] in _PADDING:
+                # padding never executed: any rule unwinds as well; inside a range it
+                # neither ends it nor starts one
+                count += run is not None
+                continue
             c = cfi[g]
             key: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
             o = prog.off[g]
@@ -291,6 +309,9 @@ class _Checker:
         out: list[str] = []
         if want.kind != CFA_EXPR and not want.same_cfa(got) and \
                 not self.regs_at.equivalent(g, c, want, got):
+            if self.regs_at.unknowable(c, want):
+                self._unmodelled(g, want, got)
+                return [], got
             out.append("cfa")
         if wregs == gregs:
             return out, got
@@ -303,7 +324,7 @@ class _Checker:
                 if w not in REG_BY_NAME:         # ra in a register (vfork): not modelled
                     out.append(reg_name(r))
                 continue
-            if self.regs_at.benign(g, r, w, h):
+            if self.regs_at.benign(g, r, w, h) or self.regs_at.dead_for_callers(g, r):
                 continue
             ok = self.regs_at.holds(g, c, r, w)
             if ok is False or (ok is None and w is not None and w.startswith("at(")):
@@ -322,7 +343,7 @@ class _Checker:
             elif t is not None:
                 other[r] = t
         return out, CfaRule(got.kind, got.reg, got.off, tuple(sorted(saved.items())),
-                            tuple(sorted(other.items())), got.expr)
+                            tuple(sorted(other.items())), got.expr, got.post)
 
     def _regs(self, rule: CfaRule) -> dict[int, str]:
         got = self._reg_cache.get(id(rule))
@@ -366,6 +387,21 @@ class _Checker:
         return self.out[-1]
 
     # -- explanations -------------------------------------------------------------
+    def _unmodelled(self, g: int, want: CfaRule, got: CfaRule) -> None:
+        """One note per function: the CFI's CFA names a place framevet cannot judge."""
+        fi = self.prog.func[g]
+        if fi in self._noted:
+            return
+        self._noted.add(fi)
+        what = ("a stack slot framevet does not track" if want.kind == CFA_DEREF
+                else f"{DWARF_NAMES[want.reg]}, set from the stack where framevet does not "
+                     "know what was stored")
+        self._add(UNMODELLED, "note", self.prog.sec_of[g], self.prog.off[g],
+                  f"framevet cannot judge the CFI's cfa={want.cfa_text()} at "
+                  f"`{self._disasm(g)}`: it names {what}; framevet has "
+                  f"cfa={got.cfa_text()}; the CFA is not compared where it cannot judge",
+                  cfi=want.text(), code=got.text())
+
     def _disasm(self, g: int) -> str:
         """The instruction as GNU as writes it; in a linked image a branch target is
         named as objdump names it (``call abort@plt``, ``jne f+0x1c``) and a GOT slot
@@ -447,7 +483,7 @@ def _with_regs(base: CfaRule, src: CfaRule, names: list[str]) -> CfaRule:
     saved.update((r, o) for r, o in src.saved if r in pick)
     other.update((r, t) for r, t in src.other if r in pick)
     return CfaRule(base.kind, base.reg, base.off, tuple(sorted(saved.items())),
-                   tuple(sorted(other.items())), base.expr)
+                   tuple(sorted(other.items())), base.expr, base.post)
 
 
 def _components(rule: CfaRule, diffs: list[str]) -> tuple[str, ...]:

@@ -8,9 +8,11 @@ from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import CFA, NREGS
 from framevet.stack import regflow
-from framevet.unwind.cfarule import CFA_REG, CfaRule, reg_name
+from framevet.stack.cfacopies import TUPLE_SHIFT, same_cfa, unknowable
+from framevet.unwind.cfarule import CFA_DEREF, CFA_REG, CfaRule, reg_name
 from framevet.unwind.cfatable import CfaTable
 from framevet.unwind.cfifix import CHECKED_REGS, RA, REG_BY_NAME
+from framevet.unwind.localconv import CallerLiveness
 
 #: DWARF register number -> hardware register number (framevet's state layout)
 DWARF_TO_HW = {0: d.AX, 1: d.DX, 2: d.CX, 3: d.BX, 4: d.SI, 5: d.DI, 6: d.BP, 7: d.SP,
@@ -28,6 +30,7 @@ class RegisterPlaces:
         self._place_cache: dict[int, dict[int, tuple[frozenset[int], ...]]] = {}
         self._slots: dict[int, set[tuple[int, int]]] = {}
         self._sources: dict[int, list[int]] | None = None
+        self._callers = CallerLiveness(prog)
 
     def code_rule(self, g: int, r: int, h: str | None, w: str | None) -> str | None:
         """Where the caller's ``r`` is at ``g`` as a rule (None: in ``r`` itself;
@@ -140,21 +143,40 @@ class RegisterPlaces:
         return state_in
 
     def equivalent(self, g: int, c: tuple[int, ...], want: CfaRule, got: CfaRule) -> bool:
-        """Two spellings of one CFA: ``want`` is ``reg + off`` and framevet knows ``reg``
-        holds ``CFA - off`` (``mov %rsp, %rbx``); or framevet moved the CFA to rbp at
+        """Two spellings of one CFA: ``want`` names a register or a stack slot framevet
+        knows holds a copy of the CFA (``mov %rsp, %rbx``; ``mov %rax, 16(%rsp)``,
+        :mod:`framevet.stack.cfacopies`); or framevet moved the CFA to rbp at
         ``mov %rsp, %rbp`` and the CFI moves it one instruction later (rsp == rbp)."""
-        if want.kind != CFA_REG:
-            return False
         hw = DWARF_TO_HW.get(want.reg)
-        if hw is None:
+        if hw is None or want.kind not in (CFA_REG, CFA_DEREF):
             return False
+        user = self.prog.profile == "user"
+        if want.kind == CFA_DEREF:
+            return user and same_cfa(c, hw, want.off, want.post, TUPLE_SHIFT)
         if c[_VALS0 + 2 * hw] == CFA and c[_VALS0 + 2 * hw + 1] + want.off == 0:
+            return True
+        if user and same_cfa(c, hw, want.off, None, TUPLE_SHIFT):
             return True
         prog = self.prog
         p = g - 1
         return (hw == d.SP and got.kind == CFA_REG and DWARF_TO_HW.get(got.reg) == d.BP
                 and got.off == want.off and p >= 0 and prog.sec_of[p] == prog.sec_of[g]
                 and prog.ops[p] == ((d.D_REG, d.BP, 0, d.S_REG, d.SP, 0),))
+
+    def unknowable(self, c: tuple[int, ...], want: CfaRule) -> bool:
+        """The CFI's CFA names a register or stack slot whose content framevet does
+        not know (:func:`framevet.stack.cfacopies.unknowable`)."""
+        if self.prog.profile != "user" or want.kind not in (CFA_REG, CFA_DEREF):
+            return False
+        return unknowable(c, DWARF_TO_HW.get(want.reg, -1), want.off,
+                          want.post if want.kind == CFA_DEREF else None, TUPLE_SHIFT)
+
+    def dead_for_callers(self, g: int, r: int) -> bool:
+        """``g`` is in a local helper none of whose callers reads the caller value of
+        ``r`` (DWARF number) after the call: no rule for ``r`` can be wrong there."""
+        fi = self.prog.func[g]
+        return fi >= 0 and DWARF_TO_HW[r] in self._callers.dead(
+            self.prog.functions[fi].parent)
 
     def overwrites(self, p: int, g: int, diffs: list[str]) -> list[str]:
         """Registers in ``diffs`` that held the caller's value before ``p`` and not after."""

@@ -42,7 +42,8 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     """The CFA walk for profile ``user``, then what static control flow misses:
 
     1. every function from its start (entry hints for :data:`USER_ENTRY_EXTRA_WORDS`),
-       never giving up on a function at its first warning;
+       never giving up on a function at its first warning, then the local functions
+       without a symbol that only calls enter (:func:`_calls_into_other_functions`);
     2. exception landing pads (the LSDA call-site tables of ``.gcc_except_table``),
        entered with the state of the call that throws -- how ``foo.cold`` cleanup
        code is reached;
@@ -53,12 +54,15 @@ def user_walk(prog: Program, opts: WalkOptions | None = None,
     4. cold parts no jump of their parent reached, from their FDE's first row;
     5. alignment padding (:func:`fill_padding`).
     """
-    _calls_into_other_functions(prog)
+    local_entries = _calls_into_other_functions(prog)
     opts = opts or WalkOptions(all_warnings=True)
     w = Walker(prog, opts, _entry_hints(prog))
     if setup is not None:
         setup(w)  # declarations: hints, ignored functions, entry stubs
     result = w.run()
+    for g in local_entries:         # local functions entered only by a call
+        if not w.visited[g]:
+            w._walk_from(prog.func[g], g, func_entry_state())
     _walk_landing_pads(w)
     inferred = _walk_computed_targets(w)
     _walk_unreached_cold_parts(w)
@@ -137,24 +141,53 @@ def _entry_functions(elf: ElfObject, starts: set[tuple[int, int]],
     return out
 
 
-def _calls_into_other_functions(prog: Program) -> None:
+def _calls_into_other_functions(prog: Program) -> list[int]:
     """objtool takes a ``call`` to a label that starts no function for an
     intra-function call (a jump that keeps its push: kernel RSB stuffing).  In user
     code a call to a label inside *another* function is a call to a second entry
-    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns.  The entry is
-    kept in ``prog._user_call_entry`` (what the callee may clobber)."""
+    point (OpenSSL's ``call _vpaes_schedule_low_round``): it returns.  So is a call
+    to a label of the same function that nothing falls or jumps into, placed after
+    an instruction that does not go on (``ret``; OpenSSL's ``call
+    .Lkey_expansion_128`` in ``aesni_set_encrypt_key``): a local function with a
+    frame of its own.  The entry is kept in ``prog._user_call_entry`` (what the
+    callee may clobber); the local functions' entries are returned."""
     entries: dict[int, int] = {}
     prog._user_call_entry = entries  # type: ignore[attr-defined]
+    local: list[int] = []
+    jumped = {prog.jump_dest[g] for g in range(len(prog.kind))
+              if prog.kind[g] in (d.JUMP_COND, d.JUMP_UNCOND) and g not in prog.intra_calls}
     for g in sorted(prog.intra_calls):
         dg = prog.jump_dest[g]
         fg, fd = prog.func[g], prog.func[dg] if dg >= 0 else -1
-        if fg < 0 or fd < 0 or prog.functions[fg].parent != prog.functions[fd].parent:
+        other = fg < 0 or fd < 0 or prog.functions[fg].parent != prog.functions[fd].parent
+        if other or (dg not in jumped and _after_dead_end(prog, dg)):
             if dg >= 0:
                 entries[g] = dg
+                if not other:
+                    local.append(dg)
             prog.kind[g] = d.CALL
             prog.jump_dest[g] = -1
             prog.ops[g] = None
             prog.intra_calls.discard(g)
+    return local
+
+
+def _after_dead_end(prog: Program, g: int) -> bool:
+    """Only a call enters the code at ``g``: walking back over straight-line code
+    (``.Lkey_expansion_128`` falls into ``.Lkey_expansion_128_cold``, both called),
+    an instruction that does not go on (``ret``, ``jmp``) comes before any other
+    transfer of control."""
+    p = prog.prev_same_sec(g)
+    for _ in range(64):
+        if p < 0:
+            return False
+        k = prog.kind[p]
+        if k in (d.RETURN, d.JUMP_UNCOND, d.JUMP_DYNAMIC) or prog.dead_end[p]:
+            return True
+        if k not in (d.OTHER, d.NOP) and k not in _PADDING:
+            return False
+        p = prog.prev_same_sec(p)
+    return False
 
 
 def _entry_hints(prog: Program) -> dict[int, tuple[int, ...]]:
