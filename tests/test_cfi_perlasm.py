@@ -5,6 +5,9 @@ same style is still found; what framevet cannot judge gets one note."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from conftest import FIXTURES, fv
 
@@ -121,3 +124,43 @@ def test_unmodelled_slot_is_one_note() -> None:
     got = findings("unmodelled-loop-slot.S")
     assert [(r, loc) for r, loc, _ in got] == [("cfa-unmodelled", "ploop+0x49")]
     assert "cfa=[rsp+88]+8" in got[0][2]
+
+
+def _confirmed(name: str) -> list[dict[str, object]]:
+    out = fv("cfi", "--confirm", "--format", "json", str(MISMATCH / name))
+    got = [f for f in json.loads(out.stdout) if f["rule"] == "cfi-mismatch"]
+    assert got, out.stderr
+    return got
+
+
+def test_confirm_wrong_cfa_yields_wrong_return_address() -> None:
+    """--confirm runs psign to its `ret` and unwinds with the CFI: the CFA is 176
+    bytes too high, so the return address it yields is not the true one."""
+    (f,) = _confirmed("perlasm-adjust-sign.S")
+    verdict = str(f["details"]["confirm"])            # type: ignore[index]
+    m = re.match(r"confirmed: the CFI yields return address (\S+), the true one is "
+                 r"(0x[0-9a-f]+)", verdict)
+    assert m and m.group(1) != m.group(2), verdict
+    assert verdict in str(f["message"])
+
+
+def test_confirm_wrong_register_rule() -> None:
+    got = _confirmed("perlasm-push-twice.S")
+    assert all(str(f["details"]["confirm"]).startswith(        # type: ignore[index]
+        "confirmed: the CFI recovers rbx = ") for f in got)
+
+
+def test_confirm_says_why_not() -> None:
+    """Behind a branch on a magic number no run takes; after an AVX instruction
+    unicorn cannot execute (once the emulator runs AVX, the run gets there and
+    confirms)."""
+    got = {str(f["symbol"]): str(f["details"]["confirm"])           # type: ignore[index]
+           for f in _confirmed("confirm-reach.S")}
+    assert got["magic"] == "not confirmed (path not reached)"
+    assert got["wide"] == "not confirmed (AVX)" or got["wide"].startswith("confirmed: ")
+
+
+def test_confirm_in_sarif() -> None:
+    out = fv("cfi", "--confirm", "--format", "sarif", str(MISMATCH / "perlasm-adjust-sign.S"))
+    (res,) = json.loads(out.stdout)["runs"][0]["results"]
+    assert res["properties"]["confirm"].startswith("confirmed: ")

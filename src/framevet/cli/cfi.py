@@ -17,11 +17,15 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--cflags", default="")
     f.add_argument("-j", "--jobs", type=int, default=0)
     f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--confirm", action="store_true",
+                   help="run each function with a cfi-mismatch under emulation and unwind "
+                        "with the CFI at the instructions in question")
     f.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    findings, errors = collect(args, "cfi", Options(explain=args.explain))
+    job = "cfi+confirm" if args.confirm else "cfi"
+    findings, errors = collect(args, job, Options(explain=args.explain))
     findings, suppressed = known_findings(findings, args, args.files)
     emit(findings, args, len(args.files), suppressed, errors)
     return exit_code(findings, errors, args.fail_on, args)

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from framevet import rules
 from framevet.cfg.declarations import read_declarations
+from framevet.emulate.confirm import confirm
 from framevet.findings import Finding, Location
 from framevet.load import load_path
 from framevet.load.errors import InputError
@@ -40,9 +41,12 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
     try:
         out: list[dict[str, Any]] = []
         for obj in load_path(path, cflags, members):
-            if job == "cfi":
+            if job in ("cfi", "cfi+confirm"):
                 table = cfa_table(obj.elf, "user")
                 found: Iterable[Finding] = check_cfi(obj, table)
+                if job == "cfi+confirm":
+                    found = list(found)
+                    confirm(obj, found)
                 if options is not None and options.explain:
                     found = list(found)
                     add_explanations(found, table.prog, table.result)
