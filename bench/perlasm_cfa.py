@@ -14,7 +14,7 @@ whose name matches ``--members``) and for linked images (default:
   ``SECTION+OFF`` to addresses first (the judge's tool compares readelf's pc values
   with the offsets of one ``.text``).
 
-    python3 bench/perlasm_cfa.py [-j N] [--archive A] [--members REGEX] [IMAGE...]
+    .venv/bin/python bench/perlasm_cfa.py [-j N] [--archive A] [--members REGEX] [IMAGE...]
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ MEMBERS = r"x86_64|avx"
 
 def framevet(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
-                          text=True, check=False, env=env)
+    out = subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
+                         text=True, check=False, env=env)
+    if out.returncode not in (0, 1):
+        sys.exit(f"perlasm_cfa.py: error: framevet {args[0]} failed: {out.stderr.strip()}")
+    return out
 
 
 def judge() -> Path:
@@ -115,6 +118,7 @@ def main() -> None:
     ap.add_argument("--members", default=MEMBERS, help="regex on member names")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     a = ap.parse_args()
+    judge()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if a.archive:
