@@ -13,9 +13,9 @@ property) and its message:
 * ``confirmed: the CFI yields return address X, the true one is Y`` (or the
   callee-saved register, or the CFA, it gets wrong);
 * ``not confirmed (the CFI unwinds right where the runs went)``;
-* ``not confirmed (path not reached)``, ``not confirmed (AVX)`` when a run
-  stopped at an instruction unicorn cannot execute before the range, or
-  ``not confirmed (not runnable: ...)``.
+* ``not confirmed (path not reached)``; ``not confirmed (AVX)`` or ``not
+  confirmed (an instruction unicorn cannot run)`` when a run stopped at such an
+  instruction before the range; ``not confirmed (not runnable: ...)``.
 """
 
 from __future__ import annotations
@@ -132,14 +132,14 @@ def _confirm_function(obj: LoadedObject, name: str, fs: list[Finding]) -> list[s
         return ["not confirmed (not runnable: no function to run)"] * len(fs)
     watches = [_watched(image, hit[0], name, f) for f in fs]
     watch = _Watch(hit[0], set().union(*watches))
-    avx = False
+    stop = ""
     for shape in SHAPES:
         specs = parse_args_spec(shape)
         for run in range(RUNS_PER_SHAPE):
             res = Machine(image, make_state(specs, 0, run), entry, BUDGET, "user", watch).run()
-            if res.fault is not None and res.fault.kind == "unsupported" \
-                    and "AVX" in res.fault.message:
-                avx = True
+            if res.fault is not None and res.fault.kind == "unsupported":
+                stop = stop or ("AVX" if "AVX" in res.fault.message
+                                else "an instruction unicorn cannot run")
         if all(w & watch.reached and (w & watch.wrong.keys() or not w - watch.reached)
                for w in watches):
             break
@@ -151,5 +151,5 @@ def _confirm_function(obj: LoadedObject, name: str, fs: list[Finding]) -> list[s
         elif w & watch.reached:
             out.append("not confirmed (the CFI unwinds right where the runs went)")
         else:
-            out.append("not confirmed (AVX)" if avx else "not confirmed (path not reached)")
+            out.append(f"not confirmed ({stop or 'path not reached'})")
     return out
