@@ -30,7 +30,7 @@ from framevet.emulate.image import link
 from framevet.emulate.machine import Machine
 from framevet.emulate.spec import Budget, make_state, parse_args_spec
 from framevet.emulate.unwindrule import CFA_DEREF, HOW_AT, RA, Rule, recover
-from framevet.errors import InputError
+from framevet.load.errors import InputError
 
 if TYPE_CHECKING:
     from framevet.emulate.image import Image, MappedObject
