@@ -47,23 +47,9 @@ when = ["[[rdi+0x10]+0x228] & 0x20", "[[rdi+0x10]+0x5f0] & 0xff"]
 copy_helpers = ["copy_to_guest_ll", "copy_to_user_hvm"]
 """
 
-RAID10 = """[_raw_spin_lock_irq]
-[_raw_spin_unlock_irq]
-[_raw_spin_lock_irqsave]
-[_raw_spin_unlock_irqrestore]
-[raise_barrier.protocol.resync]
-kind = "seqcount"
-area = "rdi"
-size = 0xf0
-guard = { offset = GUARD, size = 4 }
-data = [[0xe0, 0xf0]]
-[lower_barrier.protocol.resync]
-kind = "seqcount"
-area = "rdi"
-size = 0xf0
-guard = { offset = GUARD, size = 4 }
-data = [[0xe0, 0xf0]]
-"""
+# the same declarations tests/test_write_order.py checks raid10 with
+with open(os.path.join(ROOT, "tests", "fixtures", "write-order", "raid10.toml.template")) as _f:
+    RAID10 = _f.read()
 
 
 KVM = """[kvm_setup_guest_pvclock.protocol.pvti]

@@ -232,23 +232,7 @@ def test_bad_area_expression(tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{toml}:3: error: bad expression in area" in r.stderr
 
 
-RAID10 = """[_raw_spin_lock_irq]
-[_raw_spin_unlock_irq]
-[_raw_spin_lock_irqsave]
-[_raw_spin_unlock_irqrestore]
-[raise_barrier.protocol.resync]
-kind = "seqcount"
-area = "rdi"
-size = 0xf0
-guard = { offset = GUARD, size = 4 }
-data = [[0xe0, 0xf0]]
-[lower_barrier.protocol.resync]
-kind = "seqcount"
-area = "rdi"
-size = 0xf0
-guard = { offset = GUARD, size = 4 }
-data = [[0xe0, 0xf0]]
-"""
+RAID10 = (HERE / "raid10.toml.template").read_text()
 
 
 def test_raid10_seqlock_writers_are_clean(tmp_path: Path) -> None:
