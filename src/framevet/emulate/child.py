@@ -30,10 +30,15 @@ class Crash:
     reason: str
 
 
-def _serve(conn: Connection, work: Callable[[Any], Any], init: Callable[[], None] | None
-           ) -> None:
+def _serve(conn: Connection, parent_end: Connection, work: Callable[[Any], Any],
+           init: Callable[[], None] | None) -> None:
     """The worker's loop; it leaves with ``os._exit`` so no interpreter teardown runs
-    (Bochs aborts if its callbacks are still registered at exit)."""
+    (Bochs aborts if its callbacks are still registered at exit).
+
+    The fork copied the parent's end of the pipe too: it is closed first, or the worker
+    would never see end-of-file when the parent closes its end, and every close would
+    wait out the join timeout."""
+    parent_end.close()
     code = 0
     try:
         if init is not None:
@@ -67,7 +72,7 @@ class Supervisor:
     def _start(self) -> None:
         ctx = multiprocessing.get_context("fork")
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, self.work, self.init),
+        self.proc = ctx.Process(target=_serve, args=(child, parent, self.work, self.init),
                                 daemon=True)
         self.proc.start()
         child.close()
