@@ -16,7 +16,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from framevet import rules
 from framevet.cfg.declarations import read_declarations
-from framevet.emulate.confirm import confirm
 from framevet.findings import Finding, Location
 from framevet.load import load_path
 from framevet.load.errors import InputError
@@ -45,6 +44,10 @@ def findings_of(task: str | tuple[str, range], job: str, options: Options | None
                 table = cfa_table(obj.elf, "user")
                 found: Iterable[Finding] = check_cfi(obj, table)
                 if job == "cfi+confirm":
+                    # imported here: unicorn and Bochs are slow to load, and only --confirm
+                    # needs them
+                    from framevet.emulate.confirm import confirm
+
                     found = list(found)
                     confirm(obj, found)
                 if options is not None and options.explain:
