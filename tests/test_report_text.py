@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from conftest import FIXTURES, ROOT, assemble, fv
 
@@ -11,8 +15,11 @@ SEEDS = FIXTURES / "seeds"
 EXAMPLE = ROOT / "examples" / "entry-stubs.S"
 #: the example and the seeds are kernel entry code with no kernel section to tell
 KERNEL = ("--profile", "kernel")
-#: GitHub's gcc problem matcher (the one setup actions register for gcc output)
-GCC_MATCHER = re.compile(r"^(.*?):(\d+):(\d*):?\s+(?:fatal\s+)?(warning|error):\s+(.*)$")
+#: the gcc problem matcher GitHub Actions workflows register (ammaraskar/gcc-problem-matcher,
+#: gcc_matcher.json): the column is required
+GCC_MATCHER = re.compile(r"^(.*):(\d+):(\d+):\s+(?:fatal\s+)?(warning|error):\s+(.*)$")
+#: VS Code's $gcc matcher (vscode-cpptools), which many CI matchers copy: column optional
+VSCODE_GCC = re.compile(r"^(.*?):(\d+):(\d*):?\s+(?:fatal\s+)?(warning|error):\s+(.*)$")
 #: the form for inputs without a source line
 NO_SOURCE = re.compile(r"^(\S+): (error|warning|note): (\S+\+0x[0-9a-f]+) \(0x([0-9a-f]+)\): "
                        r"(.*) \[([a-z0-9-]+)\]$")
@@ -29,13 +36,65 @@ def test_gcc_problem_matcher_reads_every_finding_line_of_an_assembly_input() -> 
         for line in lines:
             m = GCC_MATCHER.match(line)
             assert m, line
+            assert VSCODE_GCC.match(line), line
             assert m.group(1) == str(src)
+            # the column is where the instruction starts on its line
+            text = src.read_text().splitlines()[int(m.group(2)) - 1]
+            assert text[int(m.group(3)) - 1:].split()[0].isalpha(), (line, text)
             assert re.search(r": [a-z_]+\+0x[0-9a-f]+: .* \[[a-z0-9-]+\]$", line), line
         numbers = [int(GCC_MATCHER.match(ln).group(2)) for ln in lines]  # type: ignore[union-attr]
         assert numbers == sorted(numbers), src
         for line in r.stdout.splitlines():
             if line.startswith(" "):
                 assert not GCC_MATCHER.match(line), line
+
+
+def test_notes_match_the_problem_matcher_and_still_read_as_notes() -> None:
+    src = FIXTURES / "cfi-mismatch" / "unmodelled-loop-slot.S"
+    r = fv("cfi", str(src))
+    lines = _finding_lines(r.stdout)
+    notes = [ln for ln in lines if "[cfa-unmodelled]" in ln]
+    assert notes and all(GCC_MATCHER.match(ln) for ln in lines)
+    for line in notes:
+        m = GCC_MATCHER.match(line)
+        assert m is not None and m.group(4) == "warning"
+        assert m.group(5).startswith("note: ploop+0x")
+    found = json.loads(fv("cfi", "--format", "json", str(src)).stdout)
+    assert {f["severity"] for f in found if f["rule"] == "cfa-unmodelled"} == {"note"}
+    # a note does not fail the run unless asked to
+    assert r.returncode == 0 and "1 note" in r.stderr
+
+
+def _fv_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framevet.cli", *args], capture_output=True,
+                          text=True, check=False, timeout=120, cwd=folder)
+
+
+def test_c_objects_get_file_line_and_column_from_debug_line(tmp_path: Path) -> None:
+    src = tmp_path / "bad.c"
+    src.write_text("int ext(int);\nint f(int x)\n{\n\tint r = ext(x);\n"
+                   "\t__asm__ volatile(\"push %%rax\" ::: \"memory\");\n"
+                   "\treturn r + 1;\n}\n")
+    obj = tmp_path / "bad.o"
+    subprocess.run([shutil.which("gcc") or "gcc", "-g", "-O1", "-c", "-o", str(obj),
+                    str(src)], check=True, cwd=tmp_path)
+    lib = tmp_path / "libbad.a"
+    subprocess.run(["ar", "rc", str(lib), str(obj)], check=True)
+    for path in (obj, lib):
+        r = _fv_in(tmp_path, "check", "--profile", "kernel", str(path))
+        lines = _finding_lines(r.stdout)
+        assert lines, r.stderr
+        for line in lines:
+            m = GCC_MATCHER.match(line)
+            assert m, line
+            # the ret the compiler put on the closing brace, as gcc's own line table says
+            assert (m.group(1), m.group(2), m.group(3)) == ("bad.c", "7", "1"), line
+        assert "f+0x" in lines[0] and "[return-modified-frame]" in lines[0]
+    stripped = tmp_path / "nodebug.o"
+    subprocess.run([shutil.which("gcc") or "gcc", "-O1", "-c", "-o", str(stripped), str(src)],
+                   check=True)
+    assert NO_SOURCE.match(_finding_lines(fv("check", "--profile", "kernel",
+                                             str(stripped)).stdout)[0])
 
 
 def test_object_without_source_lines_names_symbol_and_address() -> None:

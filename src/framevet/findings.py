@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framevet.load.elf import SHF_EXECINSTR, STT_FILE, STT_FUNC, STT_SECTION, ElfObject
+from framevet.load.object import source_column as column_on_line
 
 SEVERITIES = ("note", "warning", "error")
 
@@ -38,18 +39,32 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
     #: the conventions the object was checked with ("kernel" / "user"; None: not a check)
     profile: str | None = None
+    #: 1-based column on the source line (0: where the instruction starts on it)
+    column: int = 0
 
     def text(self) -> str:
         """The compiler convention editors and problem matchers parse:
-        ``PATH:LINE: SEVERITY: SYMBOL+0xOFF: MESSAGE [RULE]`` when the source line is
-        known, else ``PATH: SEVERITY: SYMBOL+0xOFF (0xADDRESS): MESSAGE [RULE]``."""
+        ``PATH:LINE:COL: SEVERITY: SYMBOL+0xOFF: MESSAGE [RULE]`` when the source line
+        is known, else ``PATH: SEVERITY: SYMBOL+0xOFF (0xADDRESS): MESSAGE [RULE]``.
+
+        CI problem matchers (GitHub's gcc matchers) take only ``warning`` and ``error``
+        lines, so a note with a source line prints as ``warning: note: ...``: still
+        annotated, and still read as a note."""
         loc = self.location
         if self.source is not None:
             place = f" {loc.text()}:" if loc is not None else ""
-            return (f"{self.source[0]}:{self.source[1]}: {self.severity}:{place} "
+            col = self.source_column()
+            sev = "warning: note" if self.severity == "note" else self.severity
+            return (f"{self.source[0]}:{self.source[1]}:{col}: {sev}:{place} "
                     f"{self.message} [{self.rule}]")
         place = f" {loc.text()} (0x{loc.address:x}):" if loc is not None else ""
         return f"{self.file}: {self.severity}:{place} {self.message} [{self.rule}]"
+
+    def source_column(self) -> int:
+        """The 1-based column on the source line (0 without a source line)."""
+        if self.source is None:
+            return 0
+        return self.column or column_on_line(self.source[0], self.source[1])
 
     def objtool_text(self) -> str:
         where = f"{self.location.text()}: " if self.location else ""
@@ -71,7 +86,8 @@ class Finding:
         if self.profile:
             out["profile"] = self.profile
         if self.source:
-            out["source"] = {"path": self.source[0], "line": self.source[1]}
+            out["source"] = {"path": self.source[0], "line": self.source[1],
+                             "column": self.source_column()}
         if self.details:
             out["details"] = self.details
         return out

@@ -110,8 +110,11 @@ class Context:
             return Finding(self.obj.display, rule, message, sev, details=dict(details),
                            profile=profile)
         loc = self.symbols.locate(sec, off)
-        src = self.obj.source_of(self.prog.section_name(sec), off)
-        return Finding(self.obj.display, rule, message, sev, loc, src, dict(details), profile)
+        name = self.prog.section_name(sec)
+        src = self.obj.source_of(name, off)
+        col = self.obj.column_of(name, off) if src is not None else 0
+        return Finding(self.obj.display, rule, message, sev, loc, src, dict(details), profile,
+                       col)
 
 
 def analyse(obj: LoadedObject, options: Options) -> Context:

@@ -58,6 +58,9 @@ def add_report_options(p: argparse.ArgumentParser, formats: tuple[str, ...] = FO
     p.add_argument("--sarif-root", metavar="DIR", default=".",
                    help="SARIF URIs are relative to DIR (uriBaseId SRCROOT; default: the "
                         "current directory), as GitHub code scanning wants the repository root")
+    p.add_argument("--rule-docs-url", metavar="URL",
+                   help="SARIF helpUri: the rule pages' web address, RULE-ID.md appended "
+                        "(default: $FRAMEVET_RULE_DOCS_URL; see docs/ci.md)")
     p.add_argument("--baseline", metavar="FILE",
                    help="report only findings that are not in this baseline")
     p.add_argument("--write-baseline", metavar="FILE",
@@ -128,7 +131,8 @@ def emit(findings: list[Finding], args: argparse.Namespace, inputs: int = 1,
     fmt = getattr(args, "format", "text")
     text = render(findings, fmt, explain=bool(getattr(args, "explain", False)),
                   colour=fmt == "text" and _colour(args),
-                  root=getattr(args, "sarif_root", "."), listings=listings)
+                  root=getattr(args, "sarif_root", "."), listings=listings,
+                  docs_url=getattr(args, "rule_docs_url", None))
     output = getattr(args, "output", None)
     if output:
         write_output(output, text)

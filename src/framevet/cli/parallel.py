@@ -130,7 +130,7 @@ def unpack(d: dict[str, Any]) -> Finding:
     src = d.get("source")
     return Finding(d["file"], d["rule"], d["message"], d["severity"],
                    Location(**loc) if loc else None, tuple(src) if src else None,
-                   d.get("details") or {}, d.get("profile"))
+                   d.get("details") or {}, d.get("profile"), d.get("column") or 0)
 
 
 def split_tasks(paths: list[str], jobs: int) -> list[Any]:

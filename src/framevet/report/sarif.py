@@ -16,15 +16,38 @@ from typing import Any
 from framevet import __version__, rules
 from framevet.findings import Finding
 from framevet.report.fingerprint import VERSION, fingerprints, relative_path
-from framevet.rules.registry import Rule, doc_uri
+from framevet.rules.registry import DOCS, Rule, doc_uri
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 ROOT_ID = "SRCROOT"
 _LEVEL = {"error": "error", "warning": "warning", "note": "note"}
 
 
-def sarif(findings: Sequence[Finding], root: str = ".") -> dict[str, Any]:
-    rule_objs = [_rule(r) for _, r in sorted(rules.all_rules().items())]
+#: the environment variable that sets the rule pages' web address (``--rule-docs-url``)
+DOCS_URL_ENV = "FRAMEVET_RULE_DOCS_URL"
+
+
+def rule_docs_url(given: str | None, root: str = ".") -> str | None:
+    """Where a browser finds the rule pages (``RULE-ID.md`` is appended): ``given``
+    (``--rule-docs-url``), else ``$FRAMEVET_RULE_DOCS_URL``, else, in a GitHub Actions
+    job whose checkout holds framevet's pages under ``root``, their blob URL at the
+    commit being checked; None: the shipped pages' ``file:`` URIs."""
+    url = given or os.environ.get(DOCS_URL_ENV)
+    if url:
+        return url if url.endswith("/") else url + "/"
+    server, repo, sha = (os.environ.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY",
+                                                      "GITHUB_SHA"))
+    rel = os.path.relpath(DOCS, os.path.abspath(root))
+    if server and repo and sha and not rel.startswith(".."):
+        return f"{server}/{repo}/blob/{sha}/{rel.replace(os.sep, '/')}/"
+    return None
+
+
+def sarif(findings: Sequence[Finding], root: str = ".",
+          docs_url: str | None = None) -> dict[str, Any]:
+    """``docs_url``: the rule pages' web address (see :func:`rule_docs_url`)."""
+    base = rule_docs_url(docs_url, root)
+    rule_objs = [_rule(r, base) for _, r in sorted(rules.all_rules().items())]
     index = {r["id"]: i for i, r in enumerate(rule_objs)}
     for f in findings:
         if f.rule not in index:
@@ -55,7 +78,7 @@ def sarif(findings: Sequence[Finding], root: str = ".") -> dict[str, Any]:
         "runs": [{
             "tool": {"driver": {
                 "name": "framevet", "version": __version__, "semanticVersion": __version__,
-                "informationUri": doc_uri(),
+                "informationUri": f"{base}index.md" if base else doc_uri(),
                 "rules": rule_objs}},
             "originalUriBaseIds": {ROOT_ID: {
                 "uri": Path(os.path.abspath(root)).as_uri().rstrip("/") + "/"}},
@@ -78,7 +101,8 @@ def _location(f: Finding, root: str) -> dict[str, Any]:
     phys: dict[str, Any]
     if f.source is not None:
         phys = {"artifactLocation": _artifact(f.source[0], root),
-                "region": {"startLine": max(1, f.source[1])}}
+                "region": {"startLine": max(1, f.source[1]),
+                           "startColumn": f.source_column()}}
     else:
         phys = {"artifactLocation": _artifact(f.file, root)}
         if f.location is not None:
@@ -93,14 +117,14 @@ def _location(f: Finding, root: str) -> dict[str, Any]:
     return loc
 
 
-def _rule(r: Rule) -> dict[str, Any]:
+def _rule(r: Rule, base: str | None) -> dict[str, Any]:
     return {
         "id": r.id,
         "name": "".join(p.capitalize() for p in r.id.split("-")),
         "shortDescription": {"text": r.summary},
         "fullDescription": {"text": r.what},
         "help": {"text": r.doc(), "markdown": r.markdown()},
-        "helpUri": doc_uri(r.id),
+        "helpUri": f"{base}{r.id}.md" if base else doc_uri(r.id),
         "defaultConfiguration": {"level": _LEVEL.get(r.severity, "warning")},
         "properties": {"tags": [r.family]},
     }

@@ -134,6 +134,9 @@ class _Checker:
         loc = self.syms.locate(sec, off)
         return loc, self.obj.source_of(self.elf.sections[sec].name, off)
 
+    def _column(self, sec: int, off: int) -> int:
+        return self.obj.column_of(self.elf.sections[sec].name, off)
+
     def _add(self, rule: str, severity: str, sec: int, off: int, message: str,
              fix: list[str] | None = None, **details: object) -> None:
         loc, src = self._where(sec, off)
@@ -141,6 +144,7 @@ class _Checker:
         if fix:
             det["fix"] = list(fix)
         self.out.append(CfiFinding(self.obj.display, rule, message, severity, loc, src, det,
+                                   column=self._column(sec, off) if src else 0,
                                    fix=list(fix or [])))
 
     # -- driver ------------------------------------------------------------------
@@ -378,7 +382,7 @@ class _Checker:
         msg = (f"CFI says {' '.join(said)} but the code has {' '.join(has)}{n}"
                f"{': ' + why if why else ''}{inferred}")
         fix: list[str] = []
-        if self.obj.lines:
+        if self.obj.assembled:
             fix = _directives(want, got, diffs) + \
                 _reset(want, [t for t in touched if t not in diffs])
         self._add(MISMATCH, "error", fde.section, off, msg, fix,
