@@ -28,7 +28,7 @@ def test_exit_codes() -> None:
 def test_text_format_names_source_line_and_symbol() -> None:
     r = fv("check", *KERNEL, str(SEEDS / "save-extra-regs-slots.S"))
     first = r.stdout.splitlines()[0]
-    assert first.startswith(f"{SEEDS / 'save-extra-regs-slots.S'}:8: ")
+    assert first.startswith(f"{SEEDS / 'save-extra-regs-slots.S'}:8:2: error: ")
     assert "lockdep_sys_exit_thunk+0x0: save of r15 into the caller's frame at cfa+0" in first
     assert first.endswith("[caller-frame-write]")
 
