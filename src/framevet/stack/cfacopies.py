@@ -287,15 +287,18 @@ def track(prog: Program, g: int, pre: list[int], s: list[int], clobbers: int) ->
         return False
     e = effect(prog, g)
     before = s[:]
-    writes = (e.writes | clobbers) & ~(1 << d.SP)
-    for r in range(16):
-        if writes >> r & 1 and r != s[CFA_BASE]:
+    writes = (e.writes | clobbers) & ~(1 << d.SP) & 0xFFFF
+    while writes:                       # the registers written, lowest first
+        low = writes & -writes
+        writes ^= low
+        r = low.bit_length() - 1
+        if r != s[CFA_BASE]:
             v = _new_value(pre, e, r)
             s[VALS + 2 * r], s[VALS + 2 * r + 1] = v if v is not None else (UNDEFINED, 0)
     _restore_through_copy(pre, s, e)
     _track_sp(prog, g, pre, s, e)
     delta = _rsp_moved(prog, g, pre, s, e)
-    for r in range(16):
+    for r in range(16) if SP_REL in s[VALS:VALS + 32:2] else ():
         if s[VALS + 2 * r] == SP_REL:
             if delta is None:
                 s[VALS + 2 * r] = UNDEFINED
