@@ -25,12 +25,16 @@ process from ``wait4``):
              and peak RSS (<= 2 GB).
 ``jobs``     ``framevet check`` over the corpus modules with ``-j 2`` and ``-j 1``:
              the throughput ratio (>= 1.8 on 2 idle cores).
+
+The first line says whether framevet's compiled modules ran (Cython, built at install)
+or the pure-Python ones; ``--pure`` measures the pure-Python modules (``FRAMEVET_PURE=1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
@@ -71,6 +75,25 @@ def run(cmd: list[str], stdout: int | None = subprocess.DEVNULL) -> Run:
     wall = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
     return Run(wall, usage.ru_maxrss / 1024, p.returncode, usage.ru_utime + usage.ru_stime)
+
+
+def native_status() -> str:
+    """Which of framevet's compiled modules the framevet below loads."""
+    probe = "import json, framevet.cli.main, framevet; print(json.dumps(framevet.NATIVE))"
+    exe = framevet()[0]
+    python = exe if exe.endswith(("python", "python3")) else sys.executable
+    try:
+        out = subprocess.run([python, "-c", probe], check=True, capture_output=True,
+                             text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"unknown ({e})"
+    loaded = json.loads(out)
+    used = sum(v == "compiled" for v in loaded.values())
+    if not loaded:
+        return "pure Python (no compiled build installed)"
+    why = {v for v in loaded.values() if v != "compiled"}
+    return f"{used} of {len(loaded)} compiled modules in use" + (
+        f" ({'; '.join(sorted(why))})" if why else "")
 
 
 def framevet(*args: str) -> list[str]:
@@ -204,12 +227,16 @@ def main() -> int:
                     help="cfi on these files instead of the default set")
     ap.add_argument("--skip", default="", help="comma-separated: corpus,kvm,cfi,large,"
                     "vmlinux,jobs")
+    ap.add_argument("--pure", action="store_true",
+                    help="run framevet's pure-Python modules (FRAMEVET_PURE=1)")
     args = ap.parse_args()
+    if args.pure:
+        os.environ["FRAMEVET_PURE"] = "1"
     skip = set(args.skip.split(","))
     objtool = find_objtool(args.objtool)
     modules = sorted(glob.glob(os.path.join(CORPUS, "*.ko")))
-    print(f"framevet: {' '.join(framevet())}; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}")
+    print(f"framevet: {' '.join(framevet())}: {native_status()}; {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="fv-speed-debs-") as debs:
         if "corpus" not in skip:
             bench_corpus(objtool, modules)
