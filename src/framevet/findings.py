@@ -41,6 +41,9 @@ class Finding:
     profile: str | None = None
     #: 1-based column on the source line (0: where the instruction starts on it)
     column: int = 0
+    #: (section, offset) of the finding whose bad stack state this one follows from
+    #: (reached only through it: see ``pipeline.link_follow_ons``)
+    follows: tuple[str, int] | None = None
 
     def text(self) -> str:
         """The compiler convention editors and problem matchers parse:
@@ -88,6 +91,8 @@ class Finding:
         if self.source:
             out["source"] = {"path": self.source[0], "line": self.source[1],
                              "column": self.source_column()}
+        if self.follows:
+            out["follows"] = {"section": self.follows[0], "section_offset": self.follows[1]}
         if self.details:
             out["details"] = self.details
         return out

@@ -13,7 +13,7 @@ from framevet.cfg.program import Program
 from framevet.findings import Finding, SymbolIndex
 from framevet.load.elf import STT_FILE, ElfObject
 from framevet.load.object import LoadedObject
-from framevet.stack.explain import explain, listing
+from framevet.stack.explain import chain, explain, listing
 from framevet.stack.walker import Walker, WalkOptions, WalkResult
 from framevet.stack.walkresult import Warning
 from framevet.unwind.userwalk import user_walk, with_fde_functions
@@ -200,6 +200,7 @@ def analyse(obj: LoadedObject, options: Options) -> Context:
         out.extend(found)
         if options.objtool_only and any(f.details.get("fatal") for f in found):
             break       # objtool gives up (exit 255): nothing after it, no ORC
+    link_follow_ons(out, prog, result)
     if options.explain:
         add_explanations(out, prog, result, arrivals)
     if options.listings:
@@ -220,6 +221,50 @@ def function_listings(ctx: Context, every: bool) -> dict[str, list[dict[str, Any
         if every or f.name in wanted:
             out[f.name] = listing(prog, ctx.result, namer, fi, ctx.obj.source_of)
     return out
+
+
+#: findings that say the stack state is wrong from here on
+ROOT_RULES = frozenset({"stack-state-mismatch", "call-misaligned-stack", "undefined-stack-state"})
+#: findings a frame that is off causes wherever it is used later
+FRAME_FOLLOW_ONS = frozenset({"return-modified-frame", "sibling-call-modified-frame",
+                              "call-misaligned-stack"})
+#: a state that two paths disagree on is wrong in its registers too
+STATE_FOLLOW_ONS = FRAME_FOLLOW_ONS | {"callee-saved-clobber", "return-address-overwrite"}
+
+
+def link_follow_ons(findings: list[Finding], prog: Program, result: WalkResult) -> None:
+    """``Finding.follows``: a finding at a later instruction of the same function that
+    the walk reached only through a root finding's bad state (a stack-state mismatch, a
+    misaligned call: the root is on the first path to it) follows from that root, the
+    first such on the path.  A misaligned frame explains later frame findings only; a
+    mismatch explains register findings too."""
+    sections = {prog.section_name(ds.index): ds.index for ds in prog.sections}
+
+    def gid(f: Finding) -> int:
+        loc = f.location
+        if loc is None or loc.section not in sections:
+            return -1
+        return prog.gid(sections[loc.section], loc.offset)
+
+    roots: dict[int, Finding] = {}
+    for f in findings:
+        if f.rule in ROOT_RULES and (g := gid(f)) >= 0:
+            roots.setdefault(g, f)
+    if not roots:
+        return
+    parent = [fn.parent for fn in prog.functions]
+    for f in findings:
+        y = gid(f) if f.rule in STATE_FOLLOW_ONS else -1
+        if y < 0 or prog.func[y] < 0:
+            continue
+        for x in chain(result, y)[:-1]:
+            root = roots.get(x)
+            if (root is None or root.location is None or prog.func[x] < 0
+                    or parent[prog.func[x]] != parent[prog.func[y]]):
+                continue
+            if f.rule in FRAME_FOLLOW_ONS or root.rule == "stack-state-mismatch":
+                f.follows = (root.location.section, root.location.offset)
+                break
 
 
 def add_explanations(findings: list[Finding], prog: Program, result: WalkResult,

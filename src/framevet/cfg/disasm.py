@@ -39,9 +39,10 @@ class Namer:
         self._sizes = {s.value: s.size for s in elf.symbols if s.defined and s.name}
 
     def place(self, prog: Program, g: int) -> str:
-        """Instruction ``g`` as ``function+0xoff`` (``section+0xoff`` outside functions)."""
+        """Instruction ``g`` as ``function+0xoff`` (``section+0xoff`` outside functions and
+        in the alternative replacements a function is patched with)."""
         fi = prog.func[g]
-        if fi >= 0:
+        if fi >= 0 and prog.functions[fi].sec == prog.sec_of[g]:
             f = prog.functions[fi]
             return f"{f.name}+0x{prog.off[g] - f.start:x}"
         return f"{prog.section_name(prog.sec_of[g])}+0x{prog.off[g]:x}"

@@ -130,7 +130,8 @@ def unpack(d: dict[str, Any]) -> Finding:
     src = d.get("source")
     return Finding(d["file"], d["rule"], d["message"], d["severity"],
                    Location(**loc) if loc else None, tuple(src) if src else None,
-                   d.get("details") or {}, d.get("profile"), d.get("column") or 0)
+                   d.get("details") or {}, d.get("profile"), d.get("column") or 0,
+                   tuple(d["follows"]) if d.get("follows") else None)
 
 
 def split_tasks(paths: list[str], jobs: int) -> list[Any]:

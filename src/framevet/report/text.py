@@ -55,8 +55,10 @@ def _place(f: Finding) -> tuple[str, str, int] | None:
 
 def fold(findings: Sequence[Finding]) -> list[Folded]:
     """Group each run of findings at one instruction under its first stack-state
-    finding; findings of other families there stay on their own.  ``findings``
-    must be sorted (:func:`sort_findings`), so findings at one place are neighbours."""
+    finding (findings of other families there stay on their own); then each group
+    whose root follows from another group's root (:attr:`Finding.follows`: reached
+    only through its bad state) joins that group.  ``findings`` must be sorted
+    (:func:`sort_findings`), so findings at one place are neighbours."""
     registry = rules.all_rules()
 
     def family(f: Finding) -> str:
@@ -74,17 +76,36 @@ def fold(findings: Sequence[Finding]) -> list[Folded]:
         root = next((f for f in group if family(f) == ROOT_FAMILY), None)
         for f in group:
             if f is root:
+                out.append(Folded(f, [o for o in group
+                                      if o is not root and family(o) in FOLLOW_ON_FAMILIES]))
+            elif root is None or family(f) not in FOLLOW_ON_FAMILIES:
                 out.append(Folded(f))
-            elif root is not None and family(f) in FOLLOW_ON_FAMILIES:
-                continue
-            else:
-                out.append(Folded(f))
-        if root is not None:
-            item = next(o for o in out if o.root is root)
-            item.follow_ons = [f for f in group
-                               if f is not root and family(f) in FOLLOW_ON_FAMILIES]
         i = j
-    return out
+    return _join_follow_ons(out)
+
+
+def _join_follow_ons(items: list[Folded]) -> list[Folded]:
+    by_place: dict[tuple[str, str, int], Folded] = {}
+    for item in items:
+        place = _place(item.root)
+        if place is not None:
+            by_place.setdefault(place, item)
+
+    def target(item: Folded) -> Folded:
+        seen = {id(item)}
+        while item.root.follows is not None:
+            nxt = by_place.get((item.root.file, *item.root.follows))
+            if nxt is None or id(nxt) in seen:
+                break
+            seen.add(id(nxt))
+            item = nxt
+        return item
+
+    final = [target(item) for item in items]
+    for item, to in zip(items, final, strict=True):
+        if to is not item:
+            to.follow_ons.extend([item.root, *item.follow_ons])
+    return [item for item, to in zip(items, final, strict=True) if to is item]
 
 
 def finding_line(f: Finding, colour: bool = False) -> str:
@@ -137,6 +158,32 @@ def explain_lines(f: Finding) -> list[str]:
     return out
 
 
+def _follow_on_lines(item: Folded, explain: bool) -> list[str]:
+    n = len(item.follow_ons)
+    if not n:
+        return []
+    s = "s" if n > 1 else ""
+    here = _place(item.root)
+    elsewhere = list(dict.fromkeys(o.location.text() for o in item.follow_ons
+                                   if o.location is not None and _place(o) != here))
+    if not elsewhere:
+        where = "at this instruction"
+    else:
+        shown = ", ".join(elsewhere[:3]) + (", ..." if len(elsewhere) > 3 else "")
+        where = f"reached only through this state, at {shown}"
+    if not explain:
+        ids = ", ".join(dict.fromkeys(o.rule for o in item.follow_ons))
+        return [f"    + {n} follow-on finding{s} {where} ({ids}); --explain lists them"]
+    out = [f"    {n} follow-on finding{s} {where}:"]
+    for o in item.follow_ons:
+        at = ""
+        if _place(o) != here and o.location is not None:
+            line = f" (line {o.source[1]})" if o.source is not None else ""
+            at = f"{o.location.text()}{line}: "
+        out.append(f"      {at}{o.severity}: {o.message} [{o.rule}]")
+    return out
+
+
 def render_text(findings: Sequence[Finding], explain: bool = False,
                 colour: bool = False) -> str:
     lines: list[str] = []
@@ -145,17 +192,7 @@ def render_text(findings: Sequence[Finding], explain: bool = False,
         lines.extend(detail_lines(item.root))
         if explain:
             lines.extend(explain_lines(item.root))
-        n = len(item.follow_ons)
-        if not n:
-            continue
-        s = "s" if n > 1 else ""
-        if explain:
-            lines.append(f"    {n} follow-on finding{s} at this instruction:")
-            lines.extend(f"      {o.severity}: {o.message} [{o.rule}]" for o in item.follow_ons)
-        else:
-            ids = ", ".join(dict.fromkeys(o.rule for o in item.follow_ons))
-            lines.append(f"    + {n} follow-on finding{s} at this instruction ({ids}); "
-                         "--explain lists them")
+        lines.extend(_follow_on_lines(item, explain))
     return "".join(ln + "\n" for ln in lines)
 
 

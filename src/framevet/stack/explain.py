@@ -111,6 +111,9 @@ def _path(prog: Program, result: WalkResult, namer: Namer, label: str, gids: lis
             "state": describe_state(states[i])}
         if prog.kind[x] == d.JUMP_COND and i + 1 < len(gids):
             step["note"] = "taken" if prog.jump_dest[x] == gids[i + 1] else "not taken"
+        elif (x in prog.alts and i + 1 < len(gids)
+              and prog.sec_of[gids[i + 1]] != prog.sec_of[x]):
+            step["note"] = "patch site: an alternative replaces it"
         steps.append(step)
     return {"label": label, "steps": steps}
 
@@ -121,6 +124,7 @@ def _kept(prog: Program, gids: list[int], states: list[Any]) -> list[bool]:
     keep = [False] * n
     for i in range(n):
         if (i < 1 or i >= n - 2 or prog.kind[gids[i]] in _BRANCHES
+                or (i + 1 < n and prog.sec_of[gids[i + 1]] != prog.sec_of[gids[i]])
                 or (i + 1 < n and states[i + 1] != states[i])
                 or (i > 0 and states[i] != states[i - 1])):
             keep[i] = True

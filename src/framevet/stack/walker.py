@@ -77,6 +77,9 @@ class Walker(TransferChecks):
         #: per gid, the instruction the walk first came from (-1: a walk started there):
         #: following it back gives the path to any finding (--explain)
         self.pred = array("i", [-1]) * n
+        #: an alternative replacement's first instruction -> the patch site the walk
+        #: first branched to it from (the path to it goes on from there)
+        self.alt_from: dict[int, int] = {}
         #: a join's arriving path: the instruction it came from and its state
         self._via: tuple[int, list[int]] = (-1, [])
         self.visited = bytearray(n)
@@ -258,8 +261,8 @@ class Walker(TransferChecks):
         stack: list[tuple[int, list[int], int, int]] = [(start, state0, 0, sec_of[start])]
         while stack:
             g, state, phase, wsec = stack.pop()
-            # a resumed branch goes on from itself; a replacement's path starts anew
-            prev = g if phase else -1
+            # a resumed branch goes on from itself; a replacement's from its patch site
+            prev = g if phase else self.alt_from.get(g, -1)
             snap: tuple[int, ...] | None = None
             if g < 0:
                 g = self._past_empty_replacement(g, state)
@@ -407,7 +410,9 @@ class Walker(TransferChecks):
         if not any(so for _, so in alts):
             stack.append((g, list(state), 1, wsec))
         sec_of = prog.sec_of
+        alt_from = self.alt_from
         for ag, _ in reversed(alts):
+            alt_from.setdefault(ag, g)
             stack.append((ag, list(state), 0, sec_of[ag] if ag >= 0 else wsec))
         return True
 
