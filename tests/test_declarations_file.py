@@ -49,6 +49,14 @@ def test_a_typo_is_an_error_naming_file_line_and_key(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == (f"{tmp_path / 'framevet.toml'}:5: error: [load_guest_gprs] "
                                 "unknown key 'clobber' (did you mean 'clobbers'?)")
+    # a key written as a sub-table is named on its own header's line
+    (tmp_path / "framevet.toml").write_text(GOOD + "\n[load_guest_gprs.noretrun]\nx = 1\n")
+    line = (GOOD + "\n").count("\n") + 1
+    r = fv("check", str(src))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"{tmp_path / 'framevet.toml'}:{line}: error: "
+                                "[load_guest_gprs] unknown key 'noretrun' (did you mean "
+                                "'noreturn'?)")
 
 
 def test_bad_values_are_errors(tmp_path: Path) -> None:

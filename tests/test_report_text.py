@@ -90,6 +90,9 @@ def test_c_objects_get_file_line_and_column_from_debug_line(tmp_path: Path) -> N
             # the ret the compiler put on the closing brace, as gcc's own line table says
             assert (m.group(1), m.group(2), m.group(3)) == ("bad.c", "7", "1"), line
         assert "f+0x" in lines[0] and "[return-modified-frame]" in lines[0]
+    # the HTML listing shows the C source beside the instructions
+    page = _fv_in(tmp_path, "check", "--profile", "kernel", "--format", "html", str(obj)).stdout
+    assert "<td class='line'>6</td><td class='src'>return r + 1;</td>" in page
     stripped = tmp_path / "nodebug.o"
     subprocess.run([shutil.which("gcc") or "gcc", "-O1", "-c", "-o", str(stripped), str(src)],
                    check=True)

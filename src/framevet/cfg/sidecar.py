@@ -57,6 +57,10 @@ def _positions(text: str) -> dict[tuple[str, str], int]:
         if m:
             table = _unquote(m.group(1))
             out.setdefault((table, ""), n)
+            # a sub-table ``[f.key]`` is key ``key`` of table ``f``
+            outer, dot, inner = table.rpartition(".")
+            if dot and outer and inner:
+                out.setdefault((outer, inner), n)
             continue
         m = _KEY.match(raw)
         if not m:
