@@ -26,9 +26,17 @@ run, one load each, and times them; ``-j`` files at a time, at ``nice`` 10.
     python3 bench/distro_precision.py --sample 400 --seed 7 --json out.json
     python3 bench/distro_precision.py /usr/bin/tar /usr/bin/ls
     python3 bench/distro_precision.py -j 2 --max-mb 8 --minutes 40   # as many as fit
+    python3 bench/distro_precision.py -j 2 --max-mb 8 --state run.jsonl  # resumable
 
-A file that ends in a usage or internal error, or takes longer than ``--timeout``,
-is listed as such and counts against the result (exit status 1).
+With ``--state FILE`` every measured file is appended to FILE (one JSON line, with
+its findings) as soon as it is done; run the same command again after a kill, or
+with ``--minutes`` slices, and the files already in FILE (same path, size and
+mtime) are not measured again: the summary covers every file of the sample found
+in FILE.  ``--summary`` prints the summary of what FILE holds without measuring.
+
+A file that ends in a usage or internal error is listed as such, one that takes
+longer than ``--timeout`` as ``TIMEOUT``; both count against the result (exit
+status 1).
 """
 
 from __future__ import annotations
@@ -67,7 +75,15 @@ class FileResult:
     check_time: float = 0.0
     profile: str = ""
     errors: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    mtime: float = 0.0
     findings: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> FileResult:
+        res = cls(**{k: v for k, v in row.items() if k in cls.__dataclass_fields__})
+        res.cfi, res.check = Counter(res.cfi), Counter(res.check)
+        return res
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +241,7 @@ def _preload() -> None:
 
 
 def measure(path: str, timeout: float, keep: bool, profile: str) -> FileResult:
-    res = FileResult(path, os.path.getsize(path))
+    res = FileResult(path, os.path.getsize(path), mtime=os.path.getmtime(path))
     res.fdes, entries, starts = count_fdes(path)
     res.functions = len(entries) + count_symbol_functions(path, starts)
     ctx = multiprocessing.get_context("fork")
@@ -245,8 +261,10 @@ def measure(path: str, timeout: float, keep: bool, profile: str) -> FileResult:
         child.kill()
         child.join()
     if got is None:
-        res.errors.append(f"no result after {time.perf_counter() - t0:.0f} s "
-                          f"(exit {child.exitcode})")
+        spent = time.perf_counter() - t0
+        res.timed_out = spent >= timeout
+        res.errors.append(f"timeout: no result after {spent:.0f} s" if res.timed_out
+                          else f"no result after {spent:.0f} s (exit {child.exitcode})")
         return res
     res.errors += got["errors"]
     res.cfi_time, res.check_time = got["cfi_time"], got["check_time"]
@@ -264,6 +282,46 @@ def measure(path: str, timeout: float, keep: bool, profile: str) -> FileResult:
 
 # ---------------------------------------------------------------------------
 
+def _load_state(path: str | None) -> dict[str, FileResult]:
+    """Results a previous run appended to ``path``, by file (a file measured again
+    later wins); a torn last line (the run was killed while writing) is ignored."""
+    done: dict[str, FileResult] = {}
+    if not path or not os.path.exists(path):
+        return done
+    with open(path) as fh:
+        for line in fh:
+            try:
+                res = FileResult.from_json(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            done[res.path] = res
+    return done
+
+
+def _still_valid(res: FileResult) -> bool:
+    try:
+        st = os.stat(res.path)
+    except OSError:
+        return False
+    return st.st_size == res.size and st.st_mtime == res.mtime
+
+
+def _choose(args: argparse.Namespace) -> tuple[list[str], str]:
+    if args.files:
+        return list(args.files), f"{len(args.files)} named files"
+    pool = elf_files(DIRS)
+    if args.max_mb:
+        pool = [p for p in pool if os.path.getsize(p) <= args.max_mb * 1e6]
+    if args.all or args.sample >= len(pool):
+        return pool, f"all {len(pool)} ELF files of {', '.join(DIRS)}"
+    # (in the sample's own random order: files measured before --minutes runs
+    # out are a random sample too)
+    files = random.Random(args.seed).sample(pool, args.sample)
+    return files, (f"a sample of {len(files)} of the {len(pool)} ELF files of "
+                   f"{', '.join(DIRS)} (seed {args.seed}"
+                   + (f", at most {args.max_mb:g} MB" if args.max_mb else "") + ")")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="*", help="files to measure (default: the sample)")
@@ -275,58 +333,61 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", type=int, default=1, help="files measured at a time (default 1)")
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="start no file after this many minutes; summarise those measured")
-    ap.add_argument("--timeout", type=float, default=900.0,
-                    help="seconds per command and file (default 900)")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds per file for both commands (default 300); a file that "
+                         "takes longer is reported as TIMEOUT")
     ap.add_argument("--profile", choices=("auto", "kernel", "user"), default="auto",
                     help="profile for check (default: auto, chosen from each file)")
     ap.add_argument("--json", metavar="OUT", help="write per-file results and findings")
+    ap.add_argument("--state", metavar="FILE",
+                    help="append each file's result (JSON lines) here; files already in it "
+                         "are not measured again")
+    ap.add_argument("--summary", action="store_true",
+                    help="with --state: summarise the sample's files found there, measure none")
     args = ap.parse_args(argv)
     os.nice(10)
     _preload()
 
-    if args.files:
-        files = args.files
-        what = f"{len(files)} named files"
-    else:
-        pool = elf_files(DIRS)
-        if args.max_mb:
-            pool = [p for p in pool if os.path.getsize(p) <= args.max_mb * 1e6]
-        if args.all or args.sample >= len(pool):
-            files = pool
-            what = f"all {len(pool)} ELF files of {', '.join(DIRS)}"
-        else:
-            # (in the sample's own random order: files measured before --minutes runs
-            # out are a random sample too)
-            files = random.Random(args.seed).sample(pool, args.sample)
-            what = (f"a sample of {len(files)} of the {len(pool)} ELF files of "
-                    f"{', '.join(DIRS)} (seed {args.seed}"
-                    + (f", at most {args.max_mb:g} MB" if args.max_mb else "") + ")")
-    print(f"framevet precision on {what}", flush=True)
+    files, what = _choose(args)
+    done = {p: r for p, r in _load_state(args.state).items() if _still_valid(r)}
+    todo = [] if args.summary else [p for p in files if p not in done]
+    print(f"framevet precision on {what}"
+          + (f"; {len(files) - len(todo)} already in {args.state}" if args.state else ""),
+          flush=True)
     t0 = time.perf_counter()
-    results: list[FileResult] = []
     deadline = t0 + 60 * args.minutes if args.minutes else None
+    state = open(args.state, "a") if args.state else None  # noqa: SIM115 - kept open
 
     def one(path: str) -> FileResult | None:
         if deadline is not None and time.perf_counter() > deadline:
             return None
-        return measure(path, args.timeout, bool(args.json), args.profile)
+        return measure(path, args.timeout, bool(args.json or args.state), args.profile)
 
     with ThreadPoolExecutor(max_workers=max(1, args.j)) as ex:
-        for res in ex.map(one, files):
+        for res in ex.map(one, todo):
             if res is not None:
-                results.append(res)
+                done[res.path] = res
                 _print_row(res)
+                if state is not None:
+                    state.write(json.dumps(res.__dict__, default=dict) + "\n")
+                    state.flush()
+    if state is not None:
+        state.close()
+    results = [done[p] for p in files if p in done]
     if len(results) < len(files):
-        print(f"\nstopped after {args.minutes:g} minutes: {len(results)} of the {len(files)} "
-              f"files measured (the first ones of the sample's random order)")
+        print(f"\nnot finished: {len(results)} of the {len(files)} files measured "
+              f"(the first ones of the sample's random order)"
+              + (f"; run again with --state {args.state} to go on" if args.state else ""))
     wall = time.perf_counter() - t0
-    return _summary(results, wall, args.json)
+    code = _summary(results, wall, args.json)
+    return code if len(results) == len(files) else 1
 
 
 def _print_row(r: FileResult) -> None:
     cfi = ", ".join(f"{k} {v}" for k, v in sorted(r.cfi.items())) or "-"
     chk = ", ".join(f"{k} {v}" for k, v in r.check.most_common()) or "-"
-    err = f"  ERROR {'; '.join(r.errors)}" if r.errors else ""
+    err = (f"  TIMEOUT {'; '.join(r.errors)}" if r.timed_out
+           else f"  ERROR {'; '.join(r.errors)}" if r.errors else "")
     print(f"{r.path}  {r.size / 1e6:.2f} MB  FDEs {r.fdes}  functions {r.functions}  "
           f"cfi [{cfi}] {r.cfi_time:.1f}s  check [{chk}] {r.check_time:.1f}s{err}", flush=True)
 
@@ -343,11 +404,13 @@ def _summary(results: list[FileResult], wall: float, out: str | None) -> int:
     serious = sum(r.check_serious for r in results)
     slowest = max(results, key=lambda r: max(r.cfi_time, r.check_time), default=None)
     failed = [r for r in results if r.errors]
+    timeouts = [r for r in results if r.timed_out]
     cfi_rate = 1e4 * mism / fdes if fdes else 0.0
     chk_rate = 1e3 * serious / funcs if funcs else 0.0
     print()
-    print(f"files {len(results)}  ({len(failed)} with errors)  FDEs {fdes}  functions {funcs}  "
-          f"wall {wall:.0f} s")
+    print(f"files {len(results)}  ({len(failed) - len(timeouts)} with errors, "
+          f"{len(timeouts)} timed out: {', '.join(r.path for r in timeouts) or '-'})  "
+          f"FDEs {fdes}  functions {funcs}  wall {wall:.0f} s")
     print(f"cfi:   {dict(cfi.most_common())}")
     print(f"check: {dict(check.most_common())}")
     print(f"cfi time {sum(r.cfi_time for r in results):.0f} s, check time "
