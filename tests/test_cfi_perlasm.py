@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, fv
@@ -164,3 +166,19 @@ def test_confirm_in_sarif() -> None:
     out = fv("cfi", "--confirm", "--format", "sarif", str(MISMATCH / "perlasm-adjust-sign.S"))
     (res,) = json.loads(out.stdout)["runs"][0]["results"]
     assert res["properties"]["confirm"].startswith("confirmed: ")
+
+
+def test_gcc_drap_epilogue_register_rules(tmp_path: Path) -> None:
+    """GCC's own CFI for a DRAP frame keeps rbx/r12/... at ``rbp``-relative addresses
+    after ``pop %rbp``: one cfi-mismatch right after the pop, for the instructions up
+    to the ``ret``, and --confirm finds a wrong register there."""
+    obj = tmp_path / "drap.o"
+    subprocess.run(["gcc", "-O2", "-c", "-o", str(obj), str(MISMATCH / "gcc-drap-epilogue.c")],
+                   check=True)
+    out = fv("cfi", "--confirm", "--format", "json", str(obj))
+    got = [f for f in json.loads(out.stdout) if f["rule"] == "cfi-mismatch"]
+    assert len(got) == 1, out.stdout
+    assert str(got[0]["symbol"]) == "work"
+    assert "`pop %rbp`" in str(got[0]["message"]) and "rbx=at(rbp-" in str(got[0]["message"])
+    assert str(got[0]["details"]["confirm"]).startswith(          # type: ignore[index]
+        "confirmed: the CFI recovers ")

@@ -64,6 +64,14 @@ def test_noreturn_calls_through_the_plt(tmp_path: Path, flags: tuple[str, ...]) 
     assert "abort@plt" in calls
 
 
+def test_noreturn_function_of_the_same_object_through_the_plt(tmp_path: Path) -> None:
+    """``call fail@plt`` where the image defines ``fail`` itself, and every path of it
+    ends in ``abort@plt``: the call does not return, so the jne's state is the only one
+    at the label after it."""
+    obj = link(IDIOMS / "ok-noreturn-own-plt.S", tmp_path / "own.so")
+    clean(obj)
+
+
 def test_cold_part_entered_by_jne(tmp_path: Path) -> None:
     """Both cold parts are walked with f's frame at the jumps (cfa=rsp+16, rbx saved),
     although neither they nor f (called through a pointer) have a name left."""

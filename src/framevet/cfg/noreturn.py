@@ -123,6 +123,9 @@ def _user_decide(prog: Program, sym: Symbol, depth: int) -> bool:
         return True
     if sym.name in prog.declared_noreturn:
         return True
+    if is_plt_stub(sym):
+        own = _own_definition(prog, runtime_name(sym.name))
+        return own is not None and _user_noreturn(prog, own, depth + 1)
     insns = _function_insns(prog, sym)
     if insns is None or depth >= _USER_DEPTH:
         return False
@@ -141,6 +144,20 @@ def _user_decide(prog: Program, sym: Symbol, depth: int) -> bool:
         if fd < 0 or not _user_noreturn(prog, prog.functions[fd].sym, depth + 1):
             return False
     return True
+
+
+def _own_definition(prog: Program, name: str) -> Symbol | None:
+    """The function ``name`` this image defines itself, when a PLT stub leads to it (a
+    shared object calls its own exported functions through the PLT: systemd's
+    ``log_assert_failed@plt`` in libsystemd-shared).  The stub's slot is bound to this
+    definition unless another object interposes the name, which a noreturn function's
+    callers cannot expect: the compiler already treated the call as final."""
+    if prog.defined_functions is None:
+        prog.defined_functions = {}
+        for s in prog.elf.symbols:
+            if s.defined and s.type == STT_FUNC and s.size and not is_plt_stub(s):
+                prog.defined_functions.setdefault(s.name.split("@", 1)[0], s)
+    return prog.defined_functions.get(name)
 
 
 def _function_insns(prog: Program, sym: Symbol) -> list[int] | None:

@@ -122,6 +122,8 @@ class Program:
     ignore_unreachables: bool = False
     secmap: dict[int, DecodedSection] = field(default_factory=dict)
     noreturn_cache: dict[int, bool] = field(default_factory=dict)
+    #: linked images: defined functions by name (unversioned), filled on first use
+    defined_functions: dict[str, Symbol] | None = None
     #: decode/annotation problems in objtool's order (``notes`` is the legacy form)
     problems: list[Problem] = field(default_factory=list)
     #: linked images: stretches of executable sections that are no x86-64 code
