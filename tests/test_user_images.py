@@ -72,6 +72,53 @@ def test_noreturn_function_of_the_same_object_through_the_plt(tmp_path: Path) ->
     clean(obj)
 
 
+def test_switch_table_chosen_by_the_path_to_the_jump(tmp_path: Path) -> None:
+    """Two tables loaded into %r8 in different blocks: the dispatch uses the one whose
+    lea reaches it, not the nearest one before it; every case is reached."""
+    obj = link(IDIOMS / "ok-switch-two-tables-one-register.S", tmp_path / "tt.so")
+    clean(obj)
+
+
+def test_switch_on_a_byte_without_range_check(tmp_path: Path) -> None:
+    """``movzbl %dil`` indexes a table of 256 entries; the ``cmp $0x67; jne`` before it
+    is no bound: the case at entry 200 is reached."""
+    obj = link(IDIOMS / "ok-switch-byte-index.S", tmp_path / "bi.so")
+    clean(obj)
+
+
+def test_cold_parts_of_a_function_without_frame(tmp_path: Path) -> None:
+    """Cold parts whose FDEs start with ``cfa=rsp+8``: ``je`` to a part that is only
+    ``ret`` falls through too, and the switch's cases in the other part are its own."""
+    obj = link(IDIOMS / "ok-cold-frameless.S", tmp_path / "cf.so")
+    clean(obj)
+
+
+@pytest.mark.parametrize("flags", [(), ("-no-pie",), ("-s",)], ids=["pie", "no-pie", "stripped"])
+def test_c_runtime_glue_without_cfi(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    """A C program built here: the C runtime's code the loader runs (``_init``,
+    ``frame_dummy``, ``register_tm_clones``, ...) has no FDE by design and is not
+    reported; a hand-written function without CFI is."""
+    main = tmp_path / "main.c"
+    main.write_text("int nocfi(int);\nint main(int argc, char **argv)\n"
+                    "{\n\t(void)argv;\n\treturn nocfi(argc);\n}\n")
+    exe = tmp_path / "prog"
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(exe), str(main),
+                    str(FIXTURES / "cfi-missing" / "nocfi-helper.S")], check=True)
+    (obj,) = load_path(str(exe))
+    got = [(f.rule, f.symbol) for f in check_cfi(obj)]
+    if "-s" in flags:
+        assert got == []        # stripped: nothing names nocfi, nor tells it is code
+    else:
+        assert got == [("cfi-missing", "nocfi")]
+
+
+def test_tail_call_through_function_pointer_array(tmp_path: Path) -> None:
+    """``mov (%rdx,%rax,8),%rax; jmp *%rax`` through slots that hold functions (filled
+    by R_X86_64_RELATIVE): a tail call, not a switch whose table is missing."""
+    obj = link(IDIOMS / "ok-function-pointer-table.S", tmp_path / "fp.so")
+    clean(obj)
+
+
 def test_cold_part_entered_by_jne(tmp_path: Path) -> None:
     """Both cold parts are walked with f's frame at the jumps (cfa=rsp+16, rbx saved),
     although neither they nor f (called through a pointer) have a name left."""

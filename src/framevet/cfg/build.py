@@ -384,9 +384,12 @@ def _jump_destinations(prog: Program, target: list[int]) -> None:
                          f"{prog.section_name(dest_sec)}+0x{dest_off:x}", g, fatal=True)
             continue
         fi, fd = prog.func[g], prog.func[dg]
-        if kind[dg] == d.RETURN and (dest_sec, prog.off[dg]) in starts and fd != fi:
+        if (kind[dg] == d.RETURN and (dest_sec, prog.off[dg]) in starts and fd != fi
+                and (kind[g] == d.JUMP_UNCOND or prog.profile == "kernel")):
             # a linked image has no relocation naming __x86_return_thunk: a jump to a
-            # symbol whose first instruction is ret returns, whatever the name
+            # symbol whose first instruction is ret returns, whatever the name (profile
+            # user: a conditional one also falls through -- GCC's one-byte cold part
+            # `ret`, readelf; it stays a sibling call)
             kind[g] = d.RETURN
             prog.return_thunks.add(g)
             continue

@@ -36,7 +36,9 @@ from framevet.decode import insn as d
 from framevet.load.elf import (
     R_X86_64_64,
     R_X86_64_PC32,
+    SHT_RELA,
     STT_FILE,
+    STT_FUNC,
     STT_SECTION,
     ElfObject,
     Reloc,
@@ -168,6 +170,7 @@ def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
 # ---------------------------------------------------------------------------
 
 _REL4, _ABS8 = 4, 8
+_R_X86_64_RELATIVE = 8
 _Table = tuple[int, int, int, int, int]   # jump gid, table section, table offset, form, bound
 
 
@@ -190,8 +193,29 @@ def _user_jump_tables(prog: Program) -> None:
                     seen.add(dg)
                     alts.append((dg, False))
             prog.jump_table_insn.add(g)
-        else:
+        elif not _function_pointers(prog, tsec, toff, form):
             prog.notes.append((g, "can't find switch jump table"))
+
+
+def _function_pointers(prog: Program, tsec: int, toff: int, form: int) -> bool:
+    """The "table" holds the address of a function's first instruction: the jump is a
+    tail call through an array of function pointers (nm's choice of comparison
+    function, ``jmp *(%rdx,%rax,8)``), not a switch.  In a position-independent
+    image the slot is filled at load time by an ``R_X86_64_RELATIVE`` relocation."""
+    if form != _ABS8 or prog.elf.relocatable:
+        return False
+    elf = prog.elf
+    sec = elf.sections[tsec]
+    where = sec.addr + toff
+    addr = int.from_bytes(sec.data[toff:toff + 8], "little") if toff + 8 <= len(sec.data) else 0
+    if not addr:
+        for rs in elf.sections:
+            if rs.type == SHT_RELA and rs.entsize == 24:
+                for off, info, addend in struct.iter_unpack("<QQq", rs.data[:len(rs.data) // 24
+                                                                             * 24]):
+                    if off == where and info & 0xFFFFFFFF == _R_X86_64_RELATIVE:
+                        addr = addend
+    return any(s.defined and s.type == STT_FUNC and s.value == addr for s in elf.symbols)
 
 
 class _Decoder:
@@ -296,10 +320,51 @@ def _user_find(prog: Program, dec: _Decoder, g: int) -> _Table | None:
         return None
     if len({loc for _, loc in leas}) == 1:
         return (g, *leas[0][1], form, bound)
+    reaching = _reaching_writes(prog, dec, load, base)
+    by_gid = dict(leas)
+    if reaching and all(p in by_gid for p in reaching) \
+            and len({by_gid[p] for p in reaching}) == 1:
+        return (g, *by_gid[next(iter(reaching))], form, bound)
     before = [(p, loc) for p, loc in leas if prog.sec_of[p] == prog.sec_of[load] and p < load]
     if not before:
         return None
     return (g, *max(before)[1], form, bound)
+
+
+def _reaching_writes(prog: Program, dec: _Decoder, load: int, reg: int) -> set[int]:
+    """The instructions of ``load``'s function whose write of ``reg`` may reach ``load``:
+    walking back over fall-throughs and direct jumps (the tables are not known yet; a
+    path through one only adds writes).  Empty when the entry is reached without a
+    write; a block with no known way in (a case of a table not read yet) adds none.
+    curl's printf loads one of two tables into ``%r8`` in different blocks."""
+    fi = prog.func[load]
+    insns = prog.func_insns(fi)
+    preds: dict[int, list[int]] = {}
+    for p in insns:
+        k = prog.kind[p]
+        jd = prog.jump_dest[p]
+        if k in (d.JUMP_COND, d.JUMP_UNCOND) and jd >= 0 and prog.func[jd] == fi:
+            preds.setdefault(jd, []).append(p)
+        n = p + 1
+        if (k not in (d.JUMP_UNCOND, d.JUMP_DYNAMIC, d.RETURN) and not prog.dead_end[p]
+                and n < len(prog.kind) and prog.sec_of[n] == prog.sec_of[p]
+                and prog.func[n] == fi):
+            preds.setdefault(n, []).append(p)
+    out: set[int] = set()
+    seen: set[int] = set()
+    work = list(preds.get(load, ()))
+    while work:
+        p = work.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        if dec.writes(p, reg):
+            out.add(p)
+            continue
+        if p == insns[0]:
+            return set()      # the function's entry, without a write
+        work.extend(preds.get(p, ()))
+    return out
 
 
 def _guard(prog: Program, dec: _Decoder, load: int, idx: int) -> int:
@@ -308,11 +373,16 @@ def _guard(prog: Program, dec: _Decoder, load: int, idx: int) -> int:
     Walking back, a copy (``mov %esi, %eax``, ``movslq %esi, %rax``) makes the
     source the index; a load (``movzwl 10(%rdi), %eax``) makes the compared
     operand that memory (GCC: ``cmpw $15, 10(%rdi); ja ...; movzwl 10(%rdi), %eax``);
-    any other write ends the search: a ``cmp`` before it guards another value."""
+    any other write ends the search: a ``cmp`` before it guards another value.  A
+    ``cmp`` followed by ``je``/``jne`` tests one value and bounds nothing
+    (libgp-collector: ``cmp $0x67,%dil; jne``; ``movzbl %dil,%esi`` indexes a table
+    of 256); a zero extension of a byte (``movzbl``) bounds the index to 256."""
     K = iced_x86.OpKind
-    imms = (K.IMMEDIATE8, K.IMMEDIATE32, K.IMMEDIATE8TO32, K.IMMEDIATE8TO64, K.IMMEDIATE32TO64)
+    imms = (K.IMMEDIATE8, K.IMMEDIATE16, K.IMMEDIATE32, K.IMMEDIATE8TO16, K.IMMEDIATE8TO32,
+            K.IMMEDIATE8TO64, K.IMMEDIATE32TO64)
     copies = (iced_x86.Mnemonic.MOV, iced_x86.Mnemonic.MOVZX, iced_x86.Mnemonic.MOVSXD)
     mem: tuple[int, int, int] | None = None       # (base, index, disp) of the loaded operand
+    width = 0                                     # entries a zero-extended byte allows
     for p in _same_func_back(prog, load, NEAR_LOOKBACK):
         pi = dec(p)
         if pi.mnemonic == iced_x86.Mnemonic.CMP and pi.op_count == 2 and pi.op1_kind in imms:
@@ -323,18 +393,31 @@ def _guard(prog: Program, dec: _Decoder, load: int, idx: int) -> int:
                 pass
             else:
                 continue
+            if _tests_equality(prog, dec, p):
+                continue
             n = pi.immediate(1) & 0xFFFFFFFF
-            return n + 1 if n < MAX_ENTRIES else 0
+            return n + 1 if n < MAX_ENTRIES else width
         if mem is not None or not dec.writes(p, idx):
             continue
+        if pi.mnemonic == iced_x86.Mnemonic.MOVZX and pi.op_count == 2 and (
+                (pi.op1_kind == K.MEMORY and pi.memory_size == iced_x86.MemorySize.UINT8)
+                or (pi.op1_kind == K.REGISTER
+                    and iced_x86.RegisterExt.size(pi.op1_register) == 1)):
+            width = width or 256
         if pi.mnemonic in copies and pi.op_count == 2 and pi.op1_kind == K.REGISTER:
             idx = _full(pi.op1_register)
         elif (pi.mnemonic in copies and pi.op_count == 2 and pi.op1_kind == K.MEMORY
               and pi.memory_base != iced_x86.Register.RIP):
             mem = (pi.memory_base, pi.memory_index, pi.memory_displacement)
         else:
-            return 0
-    return 0
+            return width
+    return width
+
+
+def _tests_equality(prog: Program, dec: _Decoder, cmp: int) -> bool:
+    """The ``cmp`` at ``cmp`` is followed by ``je``/``jne``."""
+    n = prog.next_same_sec(cmp)
+    return n >= 0 and dec(n).mnemonic in (iced_x86.Mnemonic.JE, iced_x86.Mnemonic.JNE)
 
 
 def _rip_target(prog: Program, g: int, linked_addr: int) -> tuple[int, int] | None:
@@ -389,12 +472,32 @@ def _user_entries(prog: Program, g: int, tsec: int, toff: int, form: int, bound:
         if dest is None:
             break
         dg = prog.gid(*dest)
-        if dg < 0 or prog.func[dg] < 0 or prog.functions[prog.func[dg]].parent != fi:
+        if dg < 0 or prog.func[dg] < 0 or not _part_of(prog, prog.func[dg], fi, bool(bound)):
             if bound:
                 continue        # a bounded table may point elsewhere (default case)
             break
         out.append(dg)
     return out
+
+
+def _part_of(prog: Program, part: int, fi: int, bounded: bool) -> bool:
+    """Function ``part`` is ``fi`` or one of its cold parts.  In a linked image, a
+    part no direct jump has tied to a parent yet is tied to ``fi`` here: a cold part
+    (``foo.cold``, or nameless with an FDE that starts inside a frame), or, for a
+    table whose bound is known, a nameless FDE of its own (the cold part of a
+    function without a frame starts with ``cfa=rsp+8``, like a function: readelf's
+    switch cases in ``.text.unlikely``).  A switch never jumps into another function."""
+    f = prog.functions[part]
+    if f.parent == fi:
+        return True
+    if f.parent != part or f.child != part or prog.elf.relocatable:
+        return False
+    nameless = f.name.startswith(f"{prog.section_name(f.sec)}+0x")
+    if not (f.name.endswith(".cold") or (bounded and nameless)):
+        return False
+    f.parent = fi
+    prog.functions[fi].child = part
+    return True
 
 
 def _entry(prog: Program, tsec: int, pos: int, toff: int, form: int) -> tuple[int, int] | None:

@@ -64,6 +64,7 @@ from framevet.unwind.cfifix import (
 )
 from framevet.unwind.cfiplaces import RegisterPlaces
 from framevet.unwind.dwarf import FdeTable, read_cfi
+from framevet.unwind.loaderrun import loader_run_functions
 
 MISMATCH, MISSING, UNMODELLED = "cfi-mismatch", "cfi-missing", "cfa-unmodelled"
 
@@ -192,7 +193,12 @@ class _Checker:
                           f"no function")
         covers: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
         named = len(self.elf.symbols)
-        for fn in prog.functions:
+        loader_run = loader_run_functions(prog, {
+            fi for fi, fn in enumerate(prog.functions)
+            if any(x.start < fn.end and fn.start < x.end for x in by_sec.get(fn.sec, ()))})
+        for fi, fn in enumerate(prog.functions):
+            if fi in loader_run:
+                continue    # the C runtime's glue the loader runs, built without CFI
             # (functions framevet found in a stripped image -- PLT stubs, FDE ranges, the
             # CRT's entry points, which GCC builds without CFI -- are not the file's own)
             if not fn.canonical or fn.sym.type != STT_FUNC or fn.sym.index >= named:

@@ -246,11 +246,13 @@ def _walk_landing_pads(w: Walker) -> None:
 
 def _walk_unreached_cold_parts(w: Walker) -> None:
     """A cold part no jump of its parent reached (a switch table's case, a parent
-    framevet could not name) is walked from the first row of its own FDE: it is
-    entered with its parent's frame, which only that row describes."""
+    framevet could not name, a nameless part a table tied to its parent) is walked
+    from the first row of its own FDE: it is entered with its parent's frame, which
+    only that row describes."""
     prog = w.prog
     todo = [(fi, g) for fi, f in enumerate(prog.functions)
-            if ".cold" in f.name and f.canonical and (g := prog.gid(f.sec, f.start)) >= 0
+            if (".cold" in f.name or f.parent != fi) and f.canonical
+            and (g := prog.gid(f.sec, f.start)) >= 0
             and not w.visited[g]]
     if not todo:
         return
