@@ -119,6 +119,19 @@ def test_tail_call_through_function_pointer_array(tmp_path: Path) -> None:
     clean(obj)
 
 
+@pytest.mark.parametrize("source", ["ok-struct-by-value.c", "ok-fence.c"])
+def test_stores_above_the_cfa_that_are_legal(tmp_path: Path, source: str) -> None:
+    """C compiled here: a struct argument on the stack changed in place and passed on;
+    the fence ``lock orq $0,(%rsp)`` over the return address."""
+    obj_path = tmp_path / "x.o"
+    subprocess.run(["gcc", "-O2", "-c", "-o", str(obj_path),
+                    str(FIXTURES / "caller-frame-write" / source)], check=True)
+    (obj,) = load_path(str(obj_path))
+    ctx = analyse(obj, Options(profile="auto"))
+    assert ctx.options.profile == "user"
+    assert [f.text() for f in ctx.findings] == []
+
+
 def test_cold_part_entered_by_jne(tmp_path: Path) -> None:
     """Both cold parts are walked with f's frame at the jumps (cfa=rsp+16, rbx saved),
     although neither they nor f (called through a pointer) have a name left."""

@@ -171,6 +171,10 @@ def _add_jump_table(prog: Program, g: int, tsec: int, toff: int,
 
 _REL4, _ABS8 = 4, 8
 _R_X86_64_RELATIVE = 8
+_CALLER_SAVED = frozenset(int(r) for r in (
+    iced_x86.Register.RAX, iced_x86.Register.RCX, iced_x86.Register.RDX,
+    iced_x86.Register.RSI, iced_x86.Register.RDI, iced_x86.Register.R8,
+    iced_x86.Register.R9, iced_x86.Register.R10, iced_x86.Register.R11))
 _Table = tuple[int, int, int, int, int]   # jump gid, table section, table offset, form, bound
 
 
@@ -335,7 +339,9 @@ def _reaching_writes(prog: Program, dec: _Decoder, load: int, reg: int) -> set[i
     """The instructions of ``load``'s function whose write of ``reg`` may reach ``load``:
     walking back over fall-throughs and direct jumps (the tables are not known yet; a
     path through one only adds writes).  Empty when the entry is reached without a
-    write; a block with no known way in (a case of a table not read yet) adds none.
+    write; a block with no known way in (a case of a table not read yet) adds none,
+    nor does a path through a call that clobbers ``reg`` (stty: a string's lea before
+    a call to printf is not the table's).
     curl's printf loads one of two tables into ``%r8`` in different blocks."""
     fi = prog.func[load]
     insns = prog.func_insns(fi)
@@ -361,6 +367,8 @@ def _reaching_writes(prog: Program, dec: _Decoder, load: int, reg: int) -> set[i
         if dec.writes(p, reg):
             out.add(p)
             continue
+        if prog.kind[p] in (d.CALL, d.CALL_DYNAMIC) and reg in _CALLER_SAVED:
+            continue          # a call clobbers it: no value from before it gets here
         if p == insns[0]:
             return set()      # the function's entry, without a write
         work.extend(preds.get(p, ()))

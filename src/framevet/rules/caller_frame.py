@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import iced_x86
+
 from framevet.cfg.noreturn import is_sibling_call
 from framevet.cfg.program import Program
 from framevet.decode import insn as d
 from framevet.decode.state import CFA_BASE, CFA_OFF, STACK
 from framevet.rules.registry import Rule, register
-from framevet.stack.regflow import effects, slot_of
+from framevet.stack.regflow import Effect, effects, slot_of
 
 if TYPE_CHECKING:
     from framevet.findings import Finding
@@ -34,13 +36,14 @@ def check(ctx: Context) -> Iterator[Finding]:
         stack_args = decl.stack_args if decl is not None else 0
         eff = effects(prog, gids)
         first_arg_read: int | None = -1
+        extent: int | None = None
         for g in gids:
             e = eff[g]
             if e.store is None:
                 continue
             _, base, disp, size = e.store
             k = slot_of(cfi[g], base, disp)
-            if k is None:
+            if k is None or _leaves_value(prog, g):
                 continue
             if k <= -8 < k + size:
                 yield ctx.finding(g, RETURN_ADDRESS.id,
@@ -50,6 +53,10 @@ def check(ctx: Context) -> Iterator[Finding]:
                 continue
             if _feeds_tail_call(prog, g):
                 continue  # outgoing stack argument of a sibling call, in our own arg area
+            if extent is None:
+                extent = _argument_extent(prog, cfi, fi, gids, eff)
+            if k + size <= extent:
+                continue  # inside the stack arguments the function reads as its own
             if first_arg_read == -1:
                 first_arg_read = _first_argument_read(prog, cfi, fi)
             # a function that reads its caller's frame first takes stack arguments and may
@@ -77,6 +84,29 @@ def check(ctx: Context) -> Iterator[Finding]:
                                   f"(cfa=rsp+{c[CFA_OFF]})", pushed=c[CFA_OFF] - 8)
 
 
+_IDENTITY = {iced_x86.Mnemonic.OR: 0, iced_x86.Mnemonic.ADD: 0, iced_x86.Mnemonic.SUB: 0,
+             iced_x86.Mnemonic.XOR: 0, iced_x86.Mnemonic.AND: -1}
+
+
+def _leaves_value(prog: Program, g: int) -> bool:
+    """``lock orq $0,(%rsp)``: GCC's full memory barrier (``__atomic_thread_fence``,
+    ``__sync_synchronize``; libdbus' ``_dbus_atomic_get``) writes the word back
+    unchanged, here the return address; an ``or``/``add``/``sub``/``xor`` of 0 or an
+    ``and`` of -1 changes nothing."""
+    ins = prog.instruction(g)
+    want = _IDENTITY.get(ins.mnemonic)
+    if want is None or ins.op_count != 2 or ins.op0_kind != iced_x86.OpKind.MEMORY:
+        return False
+    if ins.op1_kind not in (iced_x86.OpKind.IMMEDIATE8, iced_x86.OpKind.IMMEDIATE8TO16,
+                            iced_x86.OpKind.IMMEDIATE8TO32, iced_x86.OpKind.IMMEDIATE8TO64,
+                            iced_x86.OpKind.IMMEDIATE16, iced_x86.OpKind.IMMEDIATE32,
+                            iced_x86.OpKind.IMMEDIATE32TO64):
+        return False
+    size = ins.memory_size
+    bits = 8 * iced_x86.MemorySizeExt.size(size)
+    return bool(bits) and ins.immediate(1) & ((1 << bits) - 1) == want & ((1 << bits) - 1)
+
+
 def _feeds_tail_call(prog: Program, g: int, reach: int = 16) -> bool:
     """Is the store at ``g`` followed, on its straight-line path, by a sibling call?
     GCC passes a tail callee's stack arguments by rewriting the caller's own incoming
@@ -96,6 +126,34 @@ def _feeds_tail_call(prog: Program, g: int, reach: int = 16) -> bool:
         if g < 0:
             return False
     return False
+
+
+def _argument_extent(prog: Program, cfi: list[tuple[int, ...] | None], fi: int,
+                     stores: list[int], eff: dict[int, Effect]) -> int:
+    """Profile user: how far above the CFA the function's own stack arguments reach, as
+    its reads show: a read of a slot at or above the CFA that no store of the function
+    covers (a struct passed by value that it modifies and passes on: lz4's
+    ``movdqu 0x120(%rsp)`` ... at cfa+0..+63).  A read of a slot it stored itself
+    proves nothing (a register saved into the caller's frame and restored)."""
+    if prog.profile != "user":
+        return 0
+    written: list[tuple[int, int]] = []
+    for g in stores:
+        st = eff[g].store
+        if st is not None and (k := slot_of(cfi[g], st[1], st[2])) is not None:
+            written.append((k, k + st[3]))
+    gids = [g for g in prog.func_insns(fi) if cfi[g] is not None]
+    reads = effects(prog, gids)
+    extent = 0
+    for g in gids:
+        rd = reads[g].mem_read
+        k = slot_of(cfi[g], rd[0], rd[1]) if rd is not None else None
+        if k is None or k < 0:
+            continue
+        end = k + (iced_x86.MemorySizeExt.size(prog.instruction(g).memory_size) or 8)
+        if not any(a < end and k < b for a, b in written):
+            extent = max(extent, end)
+    return extent
 
 
 def _first_argument_read(prog: Program, cfi: list[tuple[int, ...] | None],
