@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from framevet.load.elf import ElfObject
 from framevet.load.errors import InputError
-from framevet.load.lines import LineTable, read_line_table
+from framevet.load.lines import MAX_DEBUG_LINE, LineTable, read_line_table
 
 #: labels before an instruction on an assembly line (``1:``, ``.Lx:``, ``f:``)
 _LABELS = re.compile(r"\s*(?:[A-Za-z0-9_.$]+:(?!:)\s*)*")
@@ -29,7 +29,10 @@ class LoadedObject:
 
     def _table(self) -> LineTable:
         if self.lines is None:
-            self.lines = read_line_table(self.elf.raw)
+            dl = self.elf.section(".debug_line")
+            # most objects have none, or one too big to read (cheap to tell from here)
+            wanted = dl is not None and dl.size <= MAX_DEBUG_LINE
+            self.lines = read_line_table(self.elf.raw) if wanted else LineTable()
         return self.lines
 
     def source_of(self, section: str, offset: int) -> tuple[str, int] | None:
