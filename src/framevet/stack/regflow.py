@@ -224,13 +224,19 @@ def _flow(prog: Program, cfi: list[tuple[int, ...] | None], fi: int,
     return state_in, slots
 
 
+#: the bit of the first stack slot met (bits 0-15 are the registers).  A module global
+#: on purpose: Cython computes ``1 << (16 + len(self))`` in C, where it overflows past
+#: 63 slots, but shifts a Python object as Python does
+_FIRST_SLOT_BIT = 1 << 16
+
+
 class _SlotBits(dict[int, int]):
     """Stack slot key -> its bit in a places mask."""
 
     def bit(self, key: int) -> int:
         b = self.get(key)
         if b is None:
-            b = self[key] = 1 << (16 + len(self))
+            b = self[key] = _FIRST_SLOT_BIT << len(self)
         return b
 
 
